@@ -1,0 +1,40 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strconv"
+
+	"github.com/accordgo/accord"
+)
+
+// Placeholders returns the function that renders the n-th (1-based) bind
+// parameter for d.
+func Placeholders(d accord.Dialect) func(n int) string {
+	if d == accord.Postgres {
+		return func(n int) string { return "$" + strconv.Itoa(n) }
+	}
+	return func(int) string { return "?" }
+}
+
+// TableExists reports whether the table with the given suffix exists.
+func TableExists(ctx context.Context, db *sql.DB, n Names, suffix string) (bool, error) {
+	var count int
+	var err error
+	switch n.Dialect {
+	case accord.Postgres:
+		err = db.QueryRowContext(ctx, `SELECT count(*) FROM pg_catalog.pg_tables
+			WHERE tablename = $1 AND schemaname = COALESCE(NULLIF($2, ''), current_schema())`,
+			n.Prefix+suffix, n.Schema).Scan(&count)
+	case accord.SQLite:
+		err = db.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?`,
+			n.Prefix+suffix).Scan(&count)
+	default:
+		return false, n.Dialect.Validate()
+	}
+	if err != nil {
+		return false, fmt.Errorf("look up table %s: %w", n.Table(suffix), err)
+	}
+	return count > 0, nil
+}

@@ -301,4 +301,3 @@ func (o *Outbox) row(ctx context.Context, ev Event, now time.Time) (sqlstore.New
 	}
 	return r, nil
 }
-

@@ -1,0 +1,166 @@
+package relay
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/accordgo/accord"
+	"github.com/accordgo/accord/internal/sqlstore"
+	"github.com/accordgo/accord/outbox"
+)
+
+// Defaults and limits of [Config].
+const (
+	BatchSizeDefault       = 1000
+	BatchSizeMax           = 10000
+	LanesDefault           = 16
+	LanesMax               = outbox.ShardCount
+	PollIntervalDefault    = time.Second
+	PollIntervalSQLite     = 100 * time.Millisecond
+	SweepIntervalDefault   = time.Second
+	RetryBackoffMinDefault = 100 * time.Millisecond
+	RetryBackoffMaxDefault = 30 * time.Second
+	ShutdownTimeoutDefault = 10 * time.Second
+)
+
+// ErrInvalidConfig wraps every configuration problem reported by [New].
+var ErrInvalidConfig = errors.New("accord relay: invalid config")
+
+// Config configures a [Relay]. Only Dialect is required.
+type Config struct {
+	// Dialect of the database the outbox table lives in. Required.
+	Dialect accord.Dialect
+
+	// Schema is the PostgreSQL schema of the outbox table. Empty means the
+	// connection's search_path. Defaults to "".
+	Schema string
+
+	// TablePrefix is the prefix of Accord's tables. Defaults to "accord_".
+	TablePrefix string
+
+	// BatchSize is the most rows read with one statement. Larger batches
+	// drain a backlog faster; each batch's rows are deleted with one
+	// statement once published. Defaults to BatchSizeDefault (1000), at most
+	// BatchSizeMax.
+	BatchSize int
+
+	// Lanes is the number of ordered lanes that publish concurrently. Every
+	// partition key maps to exactly one lane, and a lane publishes its rows
+	// one publish call at a time, in order, so order per key holds while
+	// different keys proceed in parallel. Defaults to LanesDefault (16), at
+	// most LanesMax.
+	Lanes int
+
+	// MaxInFlight bounds the rows read but not yet deleted (memory, and the
+	// duplicates a crash can cause). Defaults to 4 × BatchSize.
+	MaxInFlight int
+
+	// PollInterval is how long an idle relay waits before it looks for new
+	// rows when no wake-up arrives. On PostgreSQL the relay also LISTENs for
+	// the notification the outbox trigger sends at commit, so polling is
+	// only a fallback. Defaults to PollIntervalDefault (1 s) on PostgreSQL and
+	// PollIntervalSQLite (100 ms) on SQLite.
+	PollInterval time.Duration
+
+	// SweepInterval bounds how long the relay reads forward from its cursor
+	// before it reads the whole table again to pick up rows whose
+	// transaction committed after rows with larger sequence numbers (the
+	// late commits that watermill issue 311 lost). An idle or caught-up relay
+	// always reads the whole table. Defaults to SweepIntervalDefault (1 s).
+	SweepInterval time.Duration
+
+	// DisableNotify turns off LISTEN/NOTIFY on PostgreSQL; the relay then
+	// polls every PollInterval. Defaults to false.
+	DisableNotify bool
+
+	// RetryBackoffMin and RetryBackoffMax bound the exponential backoff
+	// (with jitter) between attempts to publish a row that failed, and
+	// between attempts to reach the database. Default to 100 ms and 30 s.
+	RetryBackoffMin time.Duration
+	RetryBackoffMax time.Duration
+
+	// ShutdownTimeout bounds how long Run keeps publishing rows it already
+	// read after its context is cancelled (or Close is called). Rows not
+	// published by then stay in the outbox and are published by the next
+	// relay. Defaults to ShutdownTimeoutDefault (10 s).
+	ShutdownTimeout time.Duration
+
+	// Logger receives the relay's structured logs. Defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// WithDefaults returns a copy of c with defaults filled in.
+func (c *Config) WithDefaults() *Config {
+	out := Config{}
+	if c != nil {
+		out = *c
+	}
+	if out.TablePrefix == "" {
+		out.TablePrefix = outbox.TablePrefixDefault
+	}
+	if out.BatchSize == 0 {
+		out.BatchSize = BatchSizeDefault
+	}
+	if out.Lanes == 0 {
+		out.Lanes = LanesDefault
+	}
+	if out.MaxInFlight == 0 {
+		out.MaxInFlight = 4 * out.BatchSize
+	}
+	if out.PollInterval == 0 {
+		out.PollInterval = PollIntervalDefault
+		if out.Dialect == accord.SQLite {
+			out.PollInterval = PollIntervalSQLite
+		}
+	}
+	if out.SweepInterval == 0 {
+		out.SweepInterval = SweepIntervalDefault
+	}
+	if out.RetryBackoffMin == 0 {
+		out.RetryBackoffMin = RetryBackoffMinDefault
+	}
+	if out.RetryBackoffMax == 0 {
+		out.RetryBackoffMax = RetryBackoffMaxDefault
+	}
+	if out.ShutdownTimeout == 0 {
+		out.ShutdownTimeout = ShutdownTimeoutDefault
+	}
+	if out.Logger == nil {
+		out.Logger = slog.Default()
+	}
+	return &out
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if _, err := sqlstore.NewNames(c.Dialect, c.Schema, c.TablePrefix); err != nil {
+		errs = append(errs, err)
+	}
+	if c.BatchSize < 1 || c.BatchSize > BatchSizeMax {
+		errs = append(errs, fmt.Errorf("BatchSize %d: must be between 1 and %d", c.BatchSize, BatchSizeMax))
+	}
+	if c.Lanes < 1 || c.Lanes > LanesMax {
+		errs = append(errs, fmt.Errorf("Lanes %d: must be between 1 and %d", c.Lanes, LanesMax))
+	}
+	if c.MaxInFlight < c.BatchSize {
+		errs = append(errs, fmt.Errorf("MaxInFlight %d: must be at least BatchSize (%d)", c.MaxInFlight, c.BatchSize))
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"PollInterval", c.PollInterval}, {"SweepInterval", c.SweepInterval}, {"RetryBackoffMin", c.RetryBackoffMin},
+		{"RetryBackoffMax", c.RetryBackoffMax}, {"ShutdownTimeout", c.ShutdownTimeout}} {
+		if d.v < 0 {
+			errs = append(errs, fmt.Errorf("%s %s: must not be negative", d.name, d.v))
+		}
+	}
+	if c.RetryBackoffMax < c.RetryBackoffMin {
+		errs = append(errs, fmt.Errorf("RetryBackoffMax %s: must be at least RetryBackoffMin (%s)", c.RetryBackoffMax, c.RetryBackoffMin))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, errors.Join(errs...))
+	}
+	return nil
+}

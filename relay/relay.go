@@ -1,0 +1,550 @@
+package relay
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/accordgo/accord"
+	"github.com/accordgo/accord/internal/sqlstore"
+	"github.com/accordgo/accord/outbox"
+)
+
+var (
+	// ErrNotMigrated is returned by Run when the outbox table does not exist.
+	ErrNotMigrated = errors.New("accord relay: outbox table does not exist")
+	// ErrAlreadyRunning is returned by Run when the relay is already running
+	// or has run: a Relay runs once.
+	ErrAlreadyRunning = errors.New("accord relay: Run called more than once")
+	// ErrMalformedRow is the cause recorded for an outbox row that cannot be
+	// turned into a message (for example metadata that is not a JSON object
+	// of strings). Such a row is retried with backoff, re-read from the
+	// database on each attempt so that a repaired row goes out, and never
+	// dropped.
+	ErrMalformedRow = errors.New("accord relay: malformed outbox row")
+)
+
+// Stats are counters of a running relay.
+type Stats struct {
+	// Published counts rows the broker accepted.
+	Published int64
+	// Deleted counts published rows removed from the outbox.
+	Deleted int64
+	// Failures counts failed publish attempts (each retried).
+	Failures int64
+	// InFlight is the number of rows read but not yet deleted.
+	InFlight int64
+}
+
+// Relay publishes committed outbox rows through a watermill Publisher and
+// deletes them once the publisher accepted them. See the package doc for the
+// guarantees.
+type Relay struct {
+	db    *sql.DB
+	pub   message.Publisher
+	cfg   *Config
+	names sqlstore.Names
+	log   *slog.Logger
+
+	started atomic.Bool
+	running chan struct{}
+	done    chan struct{}
+
+	mu       sync.Mutex
+	cancel   context.CancelFunc
+	closed   bool
+	inflight map[int64]struct{}
+	released chan struct{} // signalled when in-flight rows are released
+	// reads counts reads started; tombstones maps rows deleted by the acker
+	// to the value of reads when the delete finished, so that a read that
+	// started before the delete committed does not publish them again.
+	reads      int64
+	tombstones map[int64]int64
+
+	wake chan struct{}
+
+	published, deleted, failures atomic.Int64
+}
+
+// New returns a relay that reads the outbox in db and publishes through pub.
+// It validates cfg (errors wrap ErrInvalidConfig) and does not touch the
+// database until Run.
+func New(db *sql.DB, pub message.Publisher, cfg *Config) (*Relay, error) {
+	cfg = cfg.WithDefaults()
+	var errs []error
+	if db == nil {
+		errs = append(errs, errors.New("db is nil"))
+	}
+	if pub == nil {
+		errs = append(errs, errors.New("publisher is nil"))
+	}
+	if err := cfg.validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		err := errors.Join(errs...)
+		if !errors.Is(err, ErrInvalidConfig) {
+			err = fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
+		return nil, err
+	}
+	names, _ := sqlstore.NewNames(cfg.Dialect, cfg.Schema, cfg.TablePrefix)
+	return &Relay{
+		db:         db,
+		pub:        pub,
+		cfg:        cfg,
+		names:      names,
+		log:        cfg.Logger.With("component", "accord.relay", "table", names.Outbox()),
+		running:    make(chan struct{}),
+		done:       make(chan struct{}),
+		inflight:   map[int64]struct{}{},
+		tombstones: map[int64]int64{},
+		released:   make(chan struct{}, 1),
+		wake:       make(chan struct{}, 1),
+	}, nil
+}
+
+// Running is closed once Run has started its workers.
+func (r *Relay) Running() chan struct{} { return r.running }
+
+// Wake tells the relay that rows were committed, so that it reads now
+// instead of at the next poll. Useful on SQLite, where there is no
+// LISTEN/NOTIFY: call it after committing a transaction that wrote events.
+func (r *Relay) Wake() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Stats returns the relay's counters.
+func (r *Relay) Stats() Stats {
+	r.mu.Lock()
+	n := len(r.inflight)
+	r.mu.Unlock()
+	return Stats{Published: r.published.Load(), Deleted: r.deleted.Load(), Failures: r.failures.Load(), InFlight: int64(n)}
+}
+
+// Close stops a running relay as if Run's context had been cancelled and
+// waits for Run to return. It is idempotent and safe before Run.
+func (r *Relay) Close() error {
+	r.mu.Lock()
+	wasClosed := r.closed
+	r.closed = true
+	cancel := r.cancel
+	r.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	if !wasClosed && r.started.Load() && cancel != nil {
+		<-r.done
+	}
+	return nil
+}
+
+// item is one row on its way to the broker.
+type item struct {
+	row sqlstore.Row
+}
+
+// Run reads and publishes until ctx is cancelled or Close is called, then
+// keeps publishing the rows it already read for at most ShutdownTimeout,
+// deletes what was published and returns nil. It returns an error at once if
+// the outbox table does not exist (ErrNotMigrated) or Run was called before.
+func (r *Relay) Run(ctx context.Context) error {
+	if !r.started.CompareAndSwap(false, true) {
+		return ErrAlreadyRunning
+	}
+	defer close(r.done)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.cancel = cancel
+	r.mu.Unlock()
+
+	if err := r.checkTable(ctx); err != nil {
+		return err
+	}
+
+	// hardStop ends retries once the shutdown timeout is over.
+	hardCtx, hardCancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer hardCancel()
+
+	acks := make(chan []int64, r.cfg.Lanes*4)
+	lanes := make([]chan []item, r.cfg.Lanes)
+	var lanesWG sync.WaitGroup
+	for i := range lanes {
+		lanes[i] = make(chan []item, 64)
+		lanesWG.Add(1)
+		go func(in chan []item) {
+			defer lanesWG.Done()
+			r.runLane(hardCtx, in, acks)
+		}(lanes[i])
+	}
+	ackerDone := make(chan struct{})
+	go func() {
+		defer close(ackerDone)
+		r.runAcker(hardCtx, acks)
+	}()
+	var listenWG sync.WaitGroup
+	if r.cfg.Dialect == accord.Postgres && !r.cfg.DisableNotify {
+		listenWG.Add(1)
+		go func() {
+			defer listenWG.Done()
+			r.listen(ctx)
+		}()
+	}
+	r.log.InfoContext(ctx, "relay started", "lanes", r.cfg.Lanes, "batch_size", r.cfg.BatchSize,
+		"poll_interval", r.cfg.PollInterval, "notify", r.cfg.Dialect == accord.Postgres && !r.cfg.DisableNotify)
+	close(r.running)
+
+	r.readLoop(ctx, lanes)
+
+	// Graceful shutdown: let lanes drain what was read, bounded.
+	for _, l := range lanes {
+		close(l)
+	}
+	lanesDone := make(chan struct{})
+	go func() { lanesWG.Wait(); close(lanesDone) }()
+	timer := time.NewTimer(r.cfg.ShutdownTimeout)
+	select {
+	case <-lanesDone:
+	case <-timer.C:
+		r.log.Warn("relay shutdown timeout: unpublished rows stay in the outbox for the next run",
+			"timeout", r.cfg.ShutdownTimeout, "in_flight", r.Stats().InFlight)
+		hardCancel()
+		<-lanesDone
+	}
+	timer.Stop()
+	close(acks)
+	<-ackerDone
+	listenWG.Wait()
+	st := r.Stats()
+	r.log.Info("relay stopped", "published", st.Published, "deleted", st.Deleted, "failures", st.Failures)
+	return nil
+}
+
+func (r *Relay) checkTable(ctx context.Context) error {
+	for attempt := 0; ; attempt++ {
+		exists, err := sqlstore.TableExists(ctx, r.db, r.names, "outbox")
+		if err == nil {
+			if !exists {
+				return fmt.Errorf("%w: %s; run `accord migrate up` with the same schema and table prefix", ErrNotMigrated, r.names.Outbox())
+			}
+			return nil
+		}
+		r.log.ErrorContext(ctx, "relay cannot reach the database; retrying", "error", err, "attempt", attempt+1)
+		if !sleepCtx(ctx, r.backoff(attempt)) {
+			return ctx.Err()
+		}
+	}
+}
+
+// readLoop reads rows and hands them to lanes until ctx is done.
+func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
+	var cursor int64
+	var lastSweep time.Time
+	caughtUp := true
+	dbFailures := 0
+	for ctx.Err() == nil {
+		if !r.waitCapacity(ctx) {
+			return
+		}
+		r.mu.Lock()
+		nInflight := len(r.inflight)
+		r.mu.Unlock()
+
+		sweep := caughtUp || time.Since(lastSweep) >= r.cfg.SweepInterval
+		after, limit := cursor, r.cfg.BatchSize
+		if sweep {
+			// Read everything still in the table, so rows committed behind
+			// the cursor are found; skip the ones already on their way.
+			after, limit = 0, r.cfg.BatchSize+nInflight
+		}
+		r.mu.Lock()
+		r.reads++
+		readNo := r.reads
+		r.mu.Unlock()
+		rows, err := r.names.ReadAfter(ctx, r.db, after, limit)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			r.log.ErrorContext(ctx, "relay read failed; retrying", "error", err, "attempt", dbFailures+1)
+			if !sleepCtx(ctx, r.backoff(dbFailures)) {
+				return
+			}
+			dbFailures++
+			continue
+		}
+		dbFailures = 0
+		if sweep {
+			lastSweep = time.Now()
+		}
+		caughtUp = len(rows) < limit
+
+		perLane := make([][]item, len(lanes))
+		r.mu.Lock()
+		for _, row := range rows {
+			if _, busy := r.inflight[row.Seq]; busy {
+				continue
+			}
+			if _, gone := r.tombstones[row.Seq]; gone {
+				continue
+			}
+			r.inflight[row.Seq] = struct{}{}
+			cursor = max(cursor, row.Seq)
+			l := int(row.Shard) % len(lanes)
+			perLane[l] = append(perLane[l], item{row: row})
+		}
+		// Rows deleted before this read started cannot show up in any later
+		// read: forget them.
+		for seq, at := range r.tombstones {
+			if at < readNo {
+				delete(r.tombstones, seq)
+			}
+		}
+		r.mu.Unlock()
+		for l, items := range perLane {
+			if len(items) == 0 {
+				continue
+			}
+			select {
+			case lanes[l] <- items:
+			case <-ctx.Done():
+				// Not handed over: forget them, the next run reads them again.
+				r.release(seqsOf(items))
+			}
+		}
+		if caughtUp {
+			r.waitWake(ctx)
+		}
+	}
+}
+
+func seqsOf(items []item) []int64 {
+	out := make([]int64, len(items))
+	for i, it := range items {
+		out[i] = it.row.Seq
+	}
+	return out
+}
+
+func (r *Relay) waitCapacity(ctx context.Context) bool {
+	for {
+		r.mu.Lock()
+		n := len(r.inflight)
+		r.mu.Unlock()
+		if n < r.cfg.MaxInFlight {
+			return true
+		}
+		select {
+		case <-r.released:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+func (r *Relay) waitWake(ctx context.Context) {
+	t := time.NewTimer(r.cfg.PollInterval)
+	defer t.Stop()
+	select {
+	case <-r.wake:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+func (r *Relay) release(seqs []int64) {
+	r.mu.Lock()
+	for _, s := range seqs {
+		delete(r.inflight, s)
+	}
+	r.mu.Unlock()
+	select {
+	case r.released <- struct{}{}:
+	default:
+	}
+}
+
+// runLane publishes the batches of one lane in order. Consecutive rows with
+// the same topic go out in one Publish call.
+func (r *Relay) runLane(ctx context.Context, in chan []item, acks chan<- []int64) {
+	for items := range in {
+		for start := 0; start < len(items); {
+			end := start + 1
+			for end < len(items) && items[end].row.Topic == items[start].row.Topic {
+				end++
+			}
+			group := items[start:end]
+			start = end
+			if !r.publishGroup(ctx, group) {
+				// Hard stop: leave the rest of the lane for the next run.
+				r.release(seqsOf(group))
+				for rest := range in {
+					r.release(seqsOf(rest))
+				}
+				return
+			}
+			acks <- seqsOf(group)
+		}
+	}
+}
+
+// publishGroup publishes rows of one topic, retrying with backoff until the
+// publisher accepts them or ctx ends. It returns false only when ctx ended.
+func (r *Relay) publishGroup(ctx context.Context, group []item) bool {
+	for attempt := 0; ; attempt++ {
+		err := r.publishOnce(ctx, group)
+		if err == nil {
+			r.published.Add(int64(len(group)))
+			if attempt > 0 {
+				r.log.Info("relay publish recovered", "topic", group[0].row.Topic, "rows", len(group), "attempts", attempt+1)
+			}
+			return true
+		}
+		r.failures.Add(1)
+		wait := r.backoff(attempt)
+		first := group[0].row
+		r.log.Error("relay publish failed; retrying", "error", err, "topic", first.Topic,
+			"first_seq", first.Seq, "first_id", first.ID, "rows", len(group), "attempt", attempt+1, "retry_in", wait)
+		r.recordFailure(ctx, group, err)
+		if !sleepCtx(ctx, wait) {
+			return false
+		}
+	}
+}
+
+func (r *Relay) publishOnce(ctx context.Context, group []item) error {
+	msgs := make([]*message.Message, 0, len(group))
+	for i := range group {
+		msg, err := toMessage(&group[i].row)
+		if err != nil {
+			// Re-read the row: an operator may have repaired (or removed) it.
+			fresh, ferr := r.names.ReadOne(ctx, r.db, group[i].row.Seq)
+			if ferr == nil && fresh != nil {
+				group[i].row = *fresh
+				msg, err = toMessage(fresh)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		msgs = append(msgs, msg)
+	}
+	return r.pub.Publish(group[0].row.Topic, msgs...)
+}
+
+func (r *Relay) recordFailure(ctx context.Context, group []item, cause error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for _, it := range group {
+		if err := r.names.MarkFailed(ctx, r.db, it.row.Seq, cause); err != nil {
+			r.log.Warn("relay could not record a failed attempt", "seq", it.row.Seq, "error", err)
+			return
+		}
+	}
+}
+
+// toMessage turns a row into the watermill message the relay publishes.
+func toMessage(row *sqlstore.Row) (*message.Message, error) {
+	md := message.Metadata{}
+	if len(row.Metadata) > 0 {
+		if err := json.Unmarshal(row.Metadata, &md); err != nil {
+			return nil, fmt.Errorf("%w: seq %d id %s: metadata is not a JSON object of strings: %v", ErrMalformedRow, row.Seq, row.ID, err)
+		}
+	}
+	if md == nil {
+		md = message.Metadata{}
+	}
+	md[outbox.MetadataKey] = row.Key
+	if row.Version.Valid {
+		md[outbox.MetadataVersion] = strconv.FormatInt(row.Version.Int64, 10)
+	}
+	md[outbox.MetadataCreatedAt] = row.CreatedAt.UTC().Format(time.RFC3339Nano)
+	msg := message.NewMessage(row.ID, row.Payload)
+	msg.Metadata = md
+	return msg, nil
+}
+
+// runAcker deletes published rows, many per statement, until acks closes.
+func (r *Relay) runAcker(ctx context.Context, acks <-chan []int64) {
+	for seqs := range acks {
+		// Take whatever else is ready, to delete with one statement.
+	more:
+		for len(seqs) < 10*r.cfg.BatchSize {
+			select {
+			case s, ok := <-acks:
+				if !ok {
+					break more
+				}
+				seqs = append(seqs, s...)
+			default:
+				break more
+			}
+		}
+		r.deleteWithRetry(ctx, seqs)
+	}
+}
+
+func (r *Relay) deleteWithRetry(ctx context.Context, seqs []int64) {
+	for attempt := 0; ; attempt++ {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		err := r.names.Delete(dctx, r.db, seqs)
+		cancel()
+		if err == nil {
+			r.deleted.Add(int64(len(seqs)))
+			r.mu.Lock()
+			for _, s := range seqs {
+				r.tombstones[s] = r.reads
+			}
+			r.mu.Unlock()
+			r.release(seqs)
+			return
+		}
+		r.log.Error("relay could not delete published rows; retrying (they would be published again after a restart)",
+			"error", err, "rows", len(seqs), "attempt", attempt+1)
+		if !sleepCtx(ctx, r.backoff(attempt)) {
+			r.release(seqs)
+			return
+		}
+	}
+}
+
+// backoff returns the wait before retry number attempt (0-based):
+// exponential from RetryBackoffMin to RetryBackoffMax, with ±20 % jitter.
+func (r *Relay) backoff(attempt int) time.Duration {
+	d := r.cfg.RetryBackoffMin
+	for i := 0; i < attempt && d < r.cfg.RetryBackoffMax; i++ {
+		d *= 2
+	}
+	d = min(d, r.cfg.RetryBackoffMax)
+	jitter := time.Duration(rand.Int64N(int64(d)/5+1)) - d/10
+	return max(d+jitter, 0)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

@@ -1,0 +1,362 @@
+package relay_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/stretchr/testify/require"
+
+	"github.com/accordgo/accord"
+	"github.com/accordgo/accord/internal/dbtest"
+	"github.com/accordgo/accord/outbox"
+	"github.com/accordgo/accord/relay"
+)
+
+// A transaction that took its sequence number first but commits after
+// later rows were published must still be published (watermill issue 311).
+func TestLateCommitNotLost(t *testing.T) {
+	t.Parallel()
+	env := dbtest.PostgresSchema(t)
+	ob := newOutbox(t, env)
+	sink := newMemSink()
+	startRelay(t, env, sink, &relay.Config{SweepInterval: time.Hour})
+	ctx := context.Background()
+
+	late, err := env.DB.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	lateMsg := outbox.NewMessage([]byte("late"))
+	require.NoError(t, ob.WriteTx(ctx, late, outbox.Event{Topic: "t", Key: "a", Message: lateMsg}))
+
+	// Rows written after the late one are committed and published first,
+	// so the relay's cursor moves past the late row's sequence number.
+	for i := 0; i < 3; i++ {
+		ids := writeEvents(t, env, ob, "t", "b", 10)
+		waitFor(t, 10*time.Second, "early rows", func() bool { return sink.has(ids[len(ids)-1]) })
+	}
+	require.False(t, sink.has(lateMsg.UUID), "an uncommitted row was published")
+
+	require.NoError(t, late.Commit())
+	waitFor(t, 10*time.Second, "the late-committed row", func() bool { return sink.has(lateMsg.UUID) })
+	waitFor(t, 10*time.Second, "an empty outbox", func() bool { return pending(t, env) == 0 })
+}
+
+// 16 writers, random rollbacks, overlapping transactions: every committed
+// event arrives exactly once, no rolled-back one does, and each key's
+// versions arrive in order with no gap.
+func TestConcurrentWritersOrderPerKey(t *testing.T) {
+	t.Parallel()
+	dbtest.Dialects(t, func(t *testing.T, env dbtest.Env) {
+		ctx := context.Background()
+		ob := newOutbox(t, env)
+		const keys, writers = 40, 16
+		txPerWriter := 150
+		if env.Dialect == accord.SQLite {
+			txPerWriter = 40
+		}
+		aggs := "agg_" + strconv.Itoa(rand.IntN(1<<30))
+		if env.Schema != "" {
+			aggs = `"` + env.Schema + `".` + aggs
+		}
+		_, err := env.DB.Exec("CREATE TABLE " + aggs + " (id TEXT PRIMARY KEY, version BIGINT NOT NULL)")
+		require.NoError(t, err)
+		for k := 0; k < keys; k++ {
+			_, err := env.DB.Exec("INSERT INTO "+aggs+" (id, version) VALUES ("+ph(env, 1)+", 0)", "k"+strconv.Itoa(k))
+			require.NoError(t, err)
+		}
+		sink := newMemSink()
+		startRelay(t, env, sink, &relay.Config{Lanes: 8, BatchSize: 50})
+
+		var mu sync.Mutex
+		committed := map[string]bool{}
+		rolledBack := map[string]bool{}
+		var wg sync.WaitGroup
+		for w := 0; w < writers; w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				rng := rand.New(rand.NewPCG(uint64(w), 42))
+				for i := 0; i < txPerWriter; i++ {
+					key := "k" + strconv.Itoa(rng.IntN(keys))
+					tx, err := env.DB.BeginTx(ctx, nil)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					// The state change first: it locks the aggregate row, which
+					// serializes writers of one key.
+					var version int64
+					err = tx.QueryRowContext(ctx, "UPDATE "+aggs+" SET version = version + 1 WHERE id = "+ph(env, 1)+" RETURNING version", key).Scan(&version)
+					if err != nil {
+						_ = tx.Rollback()
+						t.Error(err)
+						return
+					}
+					var evs []outbox.Event
+					for j := 0; j < 1+rng.IntN(3); j++ {
+						m := outbox.NewMessage([]byte(fmt.Sprintf("%s/%d/%d", key, version, j)))
+						m.Metadata.Set("sub", strconv.Itoa(j))
+						evs = append(evs, outbox.Event{Topic: "orders", Key: key, Version: version, Message: m})
+					}
+					if err := ob.WriteTx(ctx, tx, evs...); err != nil {
+						_ = tx.Rollback()
+						t.Error(err)
+						return
+					}
+					if env.Dialect == accord.Postgres && rng.IntN(4) == 0 {
+						// Hold the transaction open a little so commits overlap
+						// and land out of sequence order.
+						_, _ = tx.ExecContext(ctx, "SELECT pg_sleep(0.002)")
+					}
+					rollback := rng.IntN(5) == 0
+					mu.Lock()
+					for _, e := range evs {
+						if rollback {
+							rolledBack[e.Message.UUID] = true
+						} else {
+							committed[e.Message.UUID] = true
+						}
+					}
+					mu.Unlock()
+					if rollback {
+						require.NoError(t, tx.Rollback())
+					} else if err := tx.Commit(); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}(w)
+		}
+		wg.Wait()
+		require.False(t, t.Failed())
+		waitFor(t, 60*time.Second, "all committed events", func() bool { return sink.distinct() >= len(committed) })
+		waitFor(t, 10*time.Second, "an empty outbox", func() bool { return pending(t, env) == 0 })
+
+		msgs := sink.snapshot()
+		require.Len(t, msgs, len(committed), "duplicates in steady state")
+		type pos struct{ version, sub int64 }
+		last := map[string]pos{}
+		for _, m := range msgs {
+			require.True(t, committed[m.UUID], "unexpected message %s (rolled back: %v)", m.UUID, rolledBack[m.UUID])
+			key := m.Metadata.Get(outbox.MetadataKey)
+			v, err := strconv.ParseInt(m.Metadata.Get(outbox.MetadataVersion), 10, 64)
+			require.NoError(t, err)
+			sub, _ := strconv.ParseInt(m.Metadata.Get("sub"), 10, 64)
+			prev := last[key]
+			if v == prev.version {
+				require.Equal(t, prev.sub+1, sub, "key %s version %d: events of one transaction out of order", key, v)
+			} else {
+				require.Equal(t, prev.version+1, v, "key %s: version %d after %d", key, v, prev.version)
+				require.Equal(t, int64(0), sub)
+			}
+			last[key] = pos{v, sub}
+		}
+		// Every key's last version is the aggregate's committed version.
+		for k := 0; k < keys; k++ {
+			key := "k" + strconv.Itoa(k)
+			var v int64
+			require.NoError(t, env.DB.QueryRow("SELECT version FROM "+aggs+" WHERE id = "+ph(env, 1), key).Scan(&v))
+			require.Equal(t, v, last[key].version, "key %s", key)
+		}
+	})
+}
+
+func ph(env dbtest.Env, n int) string {
+	if env.Dialect == accord.Postgres {
+		return "$" + strconv.Itoa(n)
+	}
+	return "?"
+}
+
+// A publish that fails is retried with backoff, recorded on the row, and
+// blocks only its own lane; nothing is dropped.
+func TestPublishFailureRetried(t *testing.T) {
+	t.Parallel()
+	dbtest.Dialects(t, func(t *testing.T, env dbtest.Env) {
+		ob := newOutbox(t, env)
+		sink := newMemSink()
+		brokerDown := errors.New("broker says no: payload rejected")
+		var failing sync.Map
+		failing.Store("poison", true)
+		sink.setFail(func(topic string, msgs []*message.Message) error {
+			for _, m := range msgs {
+				if _, ok := failing.Load(m.Metadata.Get(outbox.MetadataKey)); ok {
+					return brokerDown
+				}
+			}
+			return nil
+		})
+		// Lanes: 1024 puts every shard in its own lane, so "poison" and the
+		// other keys never share one.
+		r := startRelay(t, env, sink, &relay.Config{Lanes: 1024})
+		bad := writeEvents(t, env, ob, "t", "poison", 1)[0]
+		var good []string
+		for i := 0; i < 20; i++ {
+			key := "good-" + strconv.Itoa(i)
+			if outbox.Shard(key) == outbox.Shard("poison") {
+				continue
+			}
+			good = append(good, writeEvents(t, env, ob, "t", key, 5)...)
+		}
+		waitFor(t, 20*time.Second, "other keys to flow past the failing one", func() bool {
+			for _, id := range good {
+				if !sink.has(id) {
+					return false
+				}
+			}
+			return true
+		})
+		waitFor(t, 20*time.Second, "failed attempts recorded on the row", func() bool {
+			var attempts int
+			var lastErr *string
+			err := env.DB.QueryRow("SELECT attempts, last_error FROM "+table(env, "outbox")+" WHERE id = "+ph(env, 1), bad).Scan(&attempts, &lastErr)
+			return err == nil && attempts >= 2 && lastErr != nil && *lastErr == brokerDown.Error()
+		})
+		require.False(t, sink.has(bad))
+		require.Positive(t, r.Stats().Failures)
+
+		failing.Delete("poison")
+		waitFor(t, 20*time.Second, "the failing event after the broker recovered", func() bool { return sink.has(bad) })
+		waitFor(t, 10*time.Second, "an empty outbox", func() bool { return pending(t, env) == 0 })
+	})
+}
+
+// A row that cannot become a message is retried, never dropped, and goes
+// out once repaired.
+func TestMalformedRowRetried(t *testing.T) {
+	t.Parallel()
+	dbtest.Dialects(t, func(t *testing.T, env dbtest.Env) {
+		ob := newOutbox(t, env)
+		sink := newMemSink()
+		startRelay(t, env, sink, nil)
+		id := outbox.NewID()
+		_, err := env.DB.Exec("INSERT INTO "+table(env, "outbox")+
+			" (id, topic, partition_key, shard, payload, metadata, created_at) VALUES ("+
+			ph(env, 1)+", 't', 'bad', 0, "+ph(env, 2)+", "+ph(env, 3)+", "+ph(env, 4)+")",
+			id, []byte("x"), `{"not": ["strings"]}`, createdAt(env))
+		require.NoError(t, err)
+		waitFor(t, 20*time.Second, "the malformed row's error recorded", func() bool {
+			var lastErr *string
+			err := env.DB.QueryRow("SELECT last_error FROM "+table(env, "outbox")+" WHERE id = "+ph(env, 1), id).Scan(&lastErr)
+			return err == nil && lastErr != nil && len(*lastErr) > 0
+		})
+		var lastErr string
+		require.NoError(t, env.DB.QueryRow("SELECT last_error FROM "+table(env, "outbox")+" WHERE id = "+ph(env, 1), id).Scan(&lastErr))
+		require.Contains(t, lastErr, "malformed outbox row")
+
+		// Other events keep flowing (different shard, different lane).
+		ok := writeEvents(t, env, ob, "t", "fine", 3)
+		waitFor(t, 10*time.Second, "a healthy event", func() bool { return sink.has(ok[2]) })
+
+		_, err = env.DB.Exec("UPDATE "+table(env, "outbox")+" SET metadata = '{}' WHERE id = "+ph(env, 1), id)
+		require.NoError(t, err)
+		waitFor(t, 20*time.Second, "the repaired row", func() bool { return sink.has(id) })
+		waitFor(t, 10*time.Second, "an empty outbox", func() bool { return pending(t, env) == 0 })
+	})
+}
+
+func createdAt(env dbtest.Env) any {
+	if env.Dialect == accord.SQLite {
+		return time.Now().UnixMicro()
+	}
+	return time.Now()
+}
+
+// Published rows are deleted: the table does not grow.
+func TestTableEmptiedAfterPublish(t *testing.T) {
+	t.Parallel()
+	dbtest.Dialects(t, func(t *testing.T, env dbtest.Env) {
+		ob := newOutbox(t, env)
+		sink := newMemSink()
+		r := startRelay(t, env, sink, &relay.Config{BatchSize: 100})
+		var ids []string
+		for i := 0; i < 10; i++ {
+			ids = append(ids, writeEvents(t, env, ob, "t", "k"+strconv.Itoa(i), 300)...)
+		}
+		waitFor(t, 30*time.Second, "all events", func() bool { return sink.distinct() == len(ids) })
+		waitFor(t, 10*time.Second, "an empty outbox", func() bool { return pending(t, env) == 0 })
+		st := r.Stats()
+		require.Equal(t, int64(len(ids)), st.Published)
+		require.Equal(t, int64(len(ids)), st.Deleted)
+		for _, m := range sink.snapshot() {
+			require.NotEmpty(t, m.Metadata.Get(outbox.MetadataCreatedAt))
+			require.Equal(t, "t", m.Metadata.Get("test_topic"))
+		}
+	})
+}
+
+// An idle relay is woken by the commit itself (LISTEN/NOTIFY on PostgreSQL,
+// Wake on SQLite), not by polling.
+func TestCommitWakesIdleRelay(t *testing.T) {
+	t.Parallel()
+	dbtest.Dialects(t, func(t *testing.T, env dbtest.Env) {
+		ob := newOutbox(t, env)
+		sink := newMemSink()
+		r := startRelay(t, env, sink, &relay.Config{PollInterval: time.Hour, SweepInterval: time.Hour})
+		for i := 0; i < 3; i++ {
+			// The first read happens at start; after it the relay only wakes
+			// on a notification.
+			id := writeEvents(t, env, ob, "t", "k", 1)[0]
+			if env.Dialect == accord.SQLite {
+				r.Wake()
+			}
+			waitFor(t, 20*time.Second, "a wake-up on commit", func() bool { return sink.has(id) })
+		}
+	})
+}
+
+func TestRunNotMigrated(t *testing.T) {
+	t.Parallel()
+	db := dbtest.Postgres(t)
+	r, err := relay.New(db, newMemSink(), &relay.Config{Dialect: accord.Postgres, Schema: dbtest.RandomName("none_")})
+	require.NoError(t, err)
+	err = r.Run(context.Background())
+	require.ErrorIs(t, err, relay.ErrNotMigrated)
+	require.Contains(t, err.Error(), "accord migrate up")
+	require.ErrorIs(t, r.Run(context.Background()), relay.ErrAlreadyRunning)
+	require.NoError(t, r.Close())
+	require.NoError(t, r.Close())
+}
+
+func TestConfigValidation(t *testing.T) {
+	t.Parallel()
+	db := dbtest.Postgres(t)
+	for name, cfg := range map[string]*relay.Config{
+		"no dialect":      {},
+		"bad prefix":      {Dialect: accord.Postgres, TablePrefix: "Bad-Prefix"},
+		"sql in schema":   {Dialect: accord.Postgres, Schema: `x"; drop table y; --`},
+		"too many lanes":  {Dialect: accord.Postgres, Lanes: relay.LanesMax + 1},
+		"huge batch":      {Dialect: accord.Postgres, BatchSize: relay.BatchSizeMax + 1},
+		"small inflight":  {Dialect: accord.Postgres, BatchSize: 100, MaxInFlight: 10},
+		"negative poll":   {Dialect: accord.Postgres, PollInterval: -time.Second},
+		"backoff min>max": {Dialect: accord.Postgres, RetryBackoffMin: time.Minute, RetryBackoffMax: time.Second},
+	} {
+		_, err := relay.New(db, newMemSink(), cfg)
+		require.ErrorIs(t, err, relay.ErrInvalidConfig, name)
+	}
+	_, err := relay.New(nil, nil, &relay.Config{Dialect: accord.SQLite})
+	require.ErrorIs(t, err, relay.ErrInvalidConfig)
+	require.ErrorContains(t, err, "db is nil")
+	require.ErrorContains(t, err, "publisher is nil")
+
+	r, err := relay.New(db, newMemSink(), nil)
+	require.Nil(t, r)
+	require.ErrorIs(t, err, accord.ErrUnknownDialect)
+}
+
+// Close before Run makes Run return at once; Close is idempotent.
+func TestCloseBeforeRun(t *testing.T) {
+	t.Parallel()
+	env := dbtest.SQLite(t)
+	r, err := relay.New(env.DB, newMemSink(), &relay.Config{Dialect: env.Dialect})
+	require.NoError(t, err)
+	require.NoError(t, r.Close())
+	require.NoError(t, r.Close())
+	require.NoError(t, r.Run(context.Background()))
+}

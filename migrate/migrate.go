@@ -435,16 +435,23 @@ func (m *Migrator) run(ctx context.Context, mig Migration, dir Direction) (err e
 		if _, err = tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", advisoryLockKey); err != nil {
 			return fmt.Errorf("accord migrate: lock: %w", err)
 		}
-		// Another migrator may have applied it while we waited for the lock.
-		if mig.Version > 1 || dir == Down {
-			var n int
+		// Another migrator may have applied (or reverted) it while we waited
+		// for the lock; then there is nothing left to do. The version table
+		// itself may have been created (001 up) or dropped (001 down) by that
+		// migrator, so look it up before reading it.
+		var exists bool
+		if exists, err = sqlstore.TableExists(ctx, tx, m.names, "migration"); err != nil {
+			return fmt.Errorf("accord migrate: %w", err)
+		}
+		var n int
+		if exists {
 			row := tx.QueryRowContext(ctx, "SELECT count(*) FROM "+m.names.Migration()+" WHERE version = $1", mig.Version)
 			if err = row.Scan(&n); err != nil {
 				return fmt.Errorf("accord migrate: %w", err)
 			}
-			if (dir == Up && n > 0) || (dir == Down && n == 0) {
-				return tx.Commit()
-			}
+		}
+		if (dir == Up && n > 0) || (dir == Down && n == 0) {
+			return tx.Commit()
 		}
 	}
 	ph := sqlstore.Placeholders(m.names.Dialect)

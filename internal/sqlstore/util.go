@@ -18,8 +18,15 @@ func Placeholders(d accord.Dialect) func(n int) string {
 	return func(int) string { return "?" }
 }
 
-// TableExists reports whether the table with the given suffix exists.
-func TableExists(ctx context.Context, db *sql.DB, n Names, suffix string) (bool, error) {
+// RowQuerier is what *sql.DB, *sql.Tx and *sql.Conn share for single-row
+// reads.
+type RowQuerier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// TableExists reports whether the table with the given suffix exists. db is
+// usually a *sql.DB; a *sql.Tx sees the tables of its transaction.
+func TableExists(ctx context.Context, db RowQuerier, n Names, suffix string) (bool, error) {
 	var count int
 	var err error
 	switch n.Dialect {

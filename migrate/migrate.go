@@ -361,7 +361,7 @@ func (m *Migrator) Migrate(ctx context.Context, dir Direction, opts *MigrateOpts
 	if opts == nil {
 		opts = &MigrateOpts{}
 	}
-	if opts.TargetVersion < -1 || opts.TargetVersion > m.Latest() {
+	if opts.TargetVersion < 0 || opts.TargetVersion > m.Latest() {
 		return nil, fmt.Errorf("%w: target %d (latest is %d)", ErrUnknownVersion, opts.TargetVersion, m.Latest())
 	}
 	applied, err := m.Applied(ctx)
@@ -408,8 +408,13 @@ func (m *Migrator) Migrate(ctx context.Context, dir Direction, opts *MigrateOpts
 			stmt = mig.SQLDown
 		}
 		if !opts.DryRun {
-			if err := m.run(ctx, mig, dir); err != nil {
+			ran, err := m.run(ctx, mig, dir)
+			if err != nil {
 				return res, err
+			}
+			if !ran {
+				// Another migrator did it while this one waited for the lock.
+				continue
 			}
 			m.cfg.Logger.InfoContext(ctx, "accord migration applied", "direction", dir, "version", mig.Version, "name", mig.Name)
 		}
@@ -421,10 +426,12 @@ func (m *Migrator) Migrate(ctx context.Context, dir Direction, opts *MigrateOpts
 // advisoryLockKey serializes concurrent migrators on PostgreSQL.
 const advisoryLockKey = 0x6163636f7264 // "accord"
 
-func (m *Migrator) run(ctx context.Context, mig Migration, dir Direction) (err error) {
+// run applies one migration; ran is false when another migrator had
+// already done it.
+func (m *Migrator) run(ctx context.Context, mig Migration, dir Direction) (ran bool, err error) {
 	tx, err := m.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("accord migrate: begin %03d_%s: %w", mig.Version, mig.Name, err)
+		return false, fmt.Errorf("accord migrate: begin %03d_%s: %w", mig.Version, mig.Name, err)
 	}
 	defer func() {
 		if err != nil {
@@ -433,7 +440,7 @@ func (m *Migrator) run(ctx context.Context, mig Migration, dir Direction) (err e
 	}()
 	if m.names.Dialect == accord.Postgres {
 		if _, err = tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", advisoryLockKey); err != nil {
-			return fmt.Errorf("accord migrate: lock: %w", err)
+			return false, fmt.Errorf("accord migrate: lock: %w", err)
 		}
 		// Another migrator may have applied (or reverted) it while we waited
 		// for the lock; then there is nothing left to do. The version table
@@ -441,39 +448,39 @@ func (m *Migrator) run(ctx context.Context, mig Migration, dir Direction) (err e
 		// migrator, so look it up before reading it.
 		var exists bool
 		if exists, err = sqlstore.TableExists(ctx, tx, m.names, "migration"); err != nil {
-			return fmt.Errorf("accord migrate: %w", err)
+			return false, fmt.Errorf("accord migrate: %w", err)
 		}
 		var n int
 		if exists {
 			row := tx.QueryRowContext(ctx, "SELECT count(*) FROM "+m.names.Migration()+" WHERE version = $1", mig.Version)
 			if err = row.Scan(&n); err != nil {
-				return fmt.Errorf("accord migrate: %w", err)
+				return false, fmt.Errorf("accord migrate: %w", err)
 			}
 		}
 		if (dir == Up && n > 0) || (dir == Down && n == 0) {
-			return tx.Commit()
+			return false, tx.Commit()
 		}
 	}
 	ph := sqlstore.Placeholders(m.names.Dialect)
 	switch dir {
 	case Up:
 		if _, err = tx.ExecContext(ctx, mig.SQLUp); err != nil {
-			return fmt.Errorf("accord migrate: apply %03d_%s: %w", mig.Version, mig.Name, err)
+			return false, fmt.Errorf("accord migrate: apply %03d_%s: %w", mig.Version, mig.Name, err)
 		}
 		_, err = tx.ExecContext(ctx, "INSERT INTO "+m.names.Migration()+" (version, name) VALUES ("+ph(1)+", "+ph(2)+")", mig.Version, mig.Name)
 	case Down:
 		if mig.Version != 1 {
 			if _, err = tx.ExecContext(ctx, "DELETE FROM "+m.names.Migration()+" WHERE version = "+ph(1), mig.Version); err != nil {
-				return fmt.Errorf("accord migrate: %w", err)
+				return false, fmt.Errorf("accord migrate: %w", err)
 			}
 		}
 		_, err = tx.ExecContext(ctx, mig.SQLDown)
 	}
 	if err != nil {
-		return fmt.Errorf("accord migrate: %s %03d_%s: %w", dir, mig.Version, mig.Name, err)
+		return false, fmt.Errorf("accord migrate: %s %03d_%s: %w", dir, mig.Version, mig.Name, err)
 	}
 	if err = tx.Commit(); err != nil {
-		return fmt.Errorf("accord migrate: commit %03d_%s: %w", mig.Version, mig.Name, err)
+		return false, fmt.Errorf("accord migrate: commit %03d_%s: %w", mig.Version, mig.Name, err)
 	}
-	return nil
+	return true, nil
 }

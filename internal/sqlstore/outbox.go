@@ -108,11 +108,11 @@ func (n Names) Insert(ctx context.Context, ex Execer, rows []NewRow) error {
 
 // InsertPgx writes rows with one statement through pgx (PostgreSQL only).
 func (n Names) InsertPgx(ctx context.Context, tx pgx.Tx, rows []NewRow) error {
-	if len(rows) == 0 {
-		return nil
-	}
 	if n.Dialect != accord.Postgres {
 		return fmt.Errorf("pgx transactions need the %q dialect, this outbox is %q", accord.Postgres, n.Dialect)
+	}
+	if len(rows) == 0 {
+		return nil
 	}
 	_, err := tx.Exec(ctx, n.pgInsertSQL(), pgInsertArgs(rows)...)
 	return err

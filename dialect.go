@@ -4,8 +4,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	neturl "net/url"
 	"strings"
 
+	"github.com/go-sql-driver/mysql"
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" database/sql driver
 	_ "modernc.org/sqlite"             // registers the "sqlite" database/sql driver
 )
@@ -22,6 +24,11 @@ const (
 	// SQLite is the embedded default, through modernc.org/sqlite (pure Go,
 	// database/sql driver "sqlite"). The relay polls it.
 	SQLite Dialect = "sqlite"
+	// MySQL is MySQL 8 or MariaDB 10.6 or newer, through
+	// github.com/go-sql-driver/mysql (database/sql driver "mysql"). The
+	// relay polls it. DDL is not transactional on MySQL: a migration that
+	// fails half-way must be repaired by hand.
+	MySQL Dialect = "mysql"
 )
 
 // ErrUnknownDialect is returned for a dialect or database URL scheme that
@@ -31,12 +38,12 @@ var ErrUnknownDialect = errors.New("accord: unknown SQL dialect")
 // Validate reports whether d is a supported dialect.
 func (d Dialect) Validate() error {
 	switch d {
-	case Postgres, SQLite:
+	case Postgres, SQLite, MySQL:
 		return nil
 	case "":
-		return fmt.Errorf("%w: dialect is empty (want %q or %q)", ErrUnknownDialect, Postgres, SQLite)
+		return fmt.Errorf("%w: dialect is empty (want %q, %q or %q)", ErrUnknownDialect, Postgres, MySQL, SQLite)
 	default:
-		return fmt.Errorf("%w: %q (want %q or %q)", ErrUnknownDialect, string(d), Postgres, SQLite)
+		return fmt.Errorf("%w: %q (want %q, %q or %q)", ErrUnknownDialect, string(d), Postgres, MySQL, SQLite)
 	}
 }
 
@@ -47,6 +54,8 @@ func (d Dialect) DriverName() string {
 		return "pgx"
 	case SQLite:
 		return "sqlite"
+	case MySQL:
+		return "mysql"
 	}
 	return ""
 }
@@ -55,6 +64,8 @@ func (d Dialect) DriverName() string {
 // for a database URL:
 //
 //   - postgres://... or postgresql://...  → [Postgres]
+//   - mysql://user:password@host:port/database?param=value → [MySQL]
+//     (also for MariaDB; parseTime and multiStatements are turned on)
 //   - sqlite:///path/to/file.db or sqlite://file.db or file:path.db → [SQLite]
 //
 // Anything else is an error wrapping [ErrUnknownDialect].
@@ -62,6 +73,12 @@ func ParseDatabaseURL(url string) (Dialect, string, error) {
 	switch {
 	case strings.HasPrefix(url, "postgres://"), strings.HasPrefix(url, "postgresql://"):
 		return Postgres, url, nil
+	case strings.HasPrefix(url, "mysql://"), strings.HasPrefix(url, "mariadb://"):
+		dsn, err := mysqlDSN(url)
+		if err != nil {
+			return "", "", err
+		}
+		return MySQL, dsn, nil
 	case strings.HasPrefix(url, "sqlite://"):
 		dsn := strings.TrimPrefix(url, "sqlite://")
 		if dsn == "" {
@@ -77,7 +94,35 @@ func ParseDatabaseURL(url string) (Dialect, string, error) {
 	if i := strings.Index(url, ":"); i >= 0 {
 		scheme = url[:i]
 	}
-	return "", "", fmt.Errorf("%w: database URL scheme %q (want postgres://, sqlite:// or file:)", ErrUnknownDialect, scheme)
+	return "", "", fmt.Errorf("%w: database URL scheme %q (want postgres://, mysql://, sqlite:// or file:)", ErrUnknownDialect, scheme)
+}
+
+// mysqlDSN turns mysql://user:pass@host:port/db?k=v into the driver's DSN.
+func mysqlDSN(raw string) (string, error) {
+	u, err := neturl.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("%w: bad mysql URL: %v", ErrUnknownDialect, err)
+	}
+	cfg := mysql.NewConfig()
+	cfg.Net = "tcp"
+	cfg.Addr = u.Host
+	if u.Port() == "" {
+		cfg.Addr = u.Hostname() + ":3306"
+	}
+	if u.User != nil {
+		cfg.User = u.User.Username()
+		cfg.Passwd, _ = u.User.Password()
+	}
+	cfg.DBName = strings.TrimPrefix(u.Path, "/")
+	cfg.ParseTime = true
+	cfg.MultiStatements = true
+	if q := u.Query(); len(q) > 0 {
+		cfg.Params = map[string]string{}
+		for k, v := range q {
+			cfg.Params[k] = v[0]
+		}
+	}
+	return cfg.FormatDSN(), nil
 }
 
 // sqliteDSN adds the pragmas Accord needs (WAL, a busy timeout, foreign keys)

@@ -210,7 +210,7 @@ func load(names sqlstore.Names) ([]Migration, error) {
 }
 
 func render(names sqlstore.Names, file, raw string) (string, error) {
-	ident := func(s string) string { return `"` + names.Prefix + s + `"` }
+	ident := func(s string) string { return names.Quote(names.Prefix + s) }
 	tmpl, err := template.New(file).Funcs(template.FuncMap{
 		"table": names.Table,
 		"func":  names.Table,
@@ -222,7 +222,7 @@ func render(names sqlstore.Names, file, raw string) (string, error) {
 	var buf bytes.Buffer
 	err = tmpl.Execute(&buf, map[string]string{
 		"Schema":  names.Schema,
-		"QSchema": `"` + names.Schema + `"`,
+		"QSchema": names.Quote(names.Schema),
 		"Prefix":  names.Prefix,
 		"Channel": names.Channel(),
 	})
@@ -423,13 +423,32 @@ func (m *Migrator) Migrate(ctx context.Context, dir Direction, opts *MigrateOpts
 	return res, nil
 }
 
+// mysqlLockName serializes concurrent migrators on MySQL.
+const mysqlLockName = "accord_migrate"
+
 // advisoryLockKey serializes concurrent migrators on PostgreSQL.
 const advisoryLockKey = 0x6163636f7264 // "accord"
 
 // run applies one migration; ran is false when another migrator had
 // already done it.
 func (m *Migrator) run(ctx context.Context, mig Migration, dir Direction) (ran bool, err error) {
-	tx, err := m.db.BeginTx(ctx, nil)
+	conn, err := m.db.Conn(ctx)
+	if err != nil {
+		return false, fmt.Errorf("accord migrate: connect: %w", err)
+	}
+	defer conn.Close()
+	if m.names.Dialect == accord.MySQL {
+		// A session lock: MySQL has no transactional advisory lock, and its
+		// DDL commits implicitly anyway.
+		var got sql.NullInt64
+		if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 60)", mysqlLockName).Scan(&got); err != nil || got.Int64 != 1 {
+			return false, fmt.Errorf("accord migrate: could not take the migration lock %q within 60 s: %v", mysqlLockName, err)
+		}
+		defer func() {
+			_, _ = conn.ExecContext(context.WithoutCancel(ctx), "SELECT RELEASE_LOCK(?)", mysqlLockName)
+		}()
+	}
+	tx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return false, fmt.Errorf("accord migrate: begin %03d_%s: %w", mig.Version, mig.Name, err)
 	}
@@ -438,9 +457,11 @@ func (m *Migrator) run(ctx context.Context, mig Migration, dir Direction) (ran b
 			_ = tx.Rollback()
 		}
 	}()
-	if m.names.Dialect == accord.Postgres {
-		if _, err = tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", advisoryLockKey); err != nil {
-			return false, fmt.Errorf("accord migrate: lock: %w", err)
+	if m.names.Dialect == accord.Postgres || m.names.Dialect == accord.MySQL {
+		if m.names.Dialect == accord.Postgres {
+			if _, err = tx.ExecContext(ctx, "SELECT pg_advisory_xact_lock($1)", advisoryLockKey); err != nil {
+				return false, fmt.Errorf("accord migrate: lock: %w", err)
+			}
 		}
 		// Another migrator may have applied (or reverted) it while we waited
 		// for the lock; then there is nothing left to do. The version table
@@ -452,7 +473,7 @@ func (m *Migrator) run(ctx context.Context, mig Migration, dir Direction) (ran b
 		}
 		var n int
 		if exists {
-			row := tx.QueryRowContext(ctx, "SELECT count(*) FROM "+m.names.Migration()+" WHERE version = $1", mig.Version)
+			row := tx.QueryRowContext(ctx, "SELECT count(*) FROM "+m.names.Migration()+" WHERE version = "+sqlstore.Placeholders(m.names.Dialect)(1), mig.Version)
 			if err = row.Scan(&n); err != nil {
 				return false, fmt.Errorf("accord migrate: %w", err)
 			}

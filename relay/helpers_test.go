@@ -13,6 +13,7 @@ import (
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/stretchr/testify/require"
 
+	"github.com/accordgo/accord"
 	"github.com/accordgo/accord/internal/dbtest"
 	"github.com/accordgo/accord/outbox"
 	"github.com/accordgo/accord/relay"
@@ -149,10 +150,14 @@ func pending(t *testing.T, env dbtest.Env) int {
 }
 
 func table(env dbtest.Env, name string) string {
-	if env.Schema != "" {
-		return fmt.Sprintf(`"%s"."accord_%s"`, env.Schema, name)
+	q := `"`
+	if env.Dialect == accord.MySQL {
+		q = "`"
 	}
-	return `"accord_` + name + `"`
+	if env.Schema != "" {
+		return fmt.Sprintf(`%s%s%s.%saccord_%s%s`, q, env.Schema, q, q, name, q)
+	}
+	return q + "accord_" + name + q
 }
 
 // writeEvents writes n events for key in one committed transaction.

@@ -23,6 +23,18 @@ import (
 // PostgresURLDefault is used when ACCORD_TEST_DATABASE_URL is not set.
 const PostgresURLDefault = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
 
+// MySQLURLDefault is used when ACCORD_TEST_MYSQL_URL is not set (MariaDB
+// or MySQL).
+const MySQLURLDefault = "mysql://root@127.0.0.1:3306/test"
+
+// MySQLURL returns the URL of the test MySQL/MariaDB database.
+func MySQLURL() string {
+	if u := os.Getenv("ACCORD_TEST_MYSQL_URL"); u != "" {
+		return u
+	}
+	return MySQLURLDefault
+}
+
 // NATSURLDefault is used when ACCORD_TEST_NATS_URL is not set.
 const NATSURLDefault = "nats://127.0.0.1:4222"
 
@@ -67,6 +79,56 @@ func Postgres(t testing.TB) *sql.DB {
 			"Start it (scripts/test.sh does) or point ACCORD_TEST_DATABASE_URL at a database.", PostgresURL(), pgErr)
 	}
 	return pgDB
+}
+
+var (
+	myOnce sync.Once
+	myDB   *sql.DB
+	myErr  error
+)
+
+// MySQL returns the process-wide pool on the test MySQL/MariaDB database,
+// failing t with instructions when the server cannot be reached.
+func MySQL(t testing.TB) *sql.DB {
+	t.Helper()
+	myOnce.Do(func() {
+		myDB, _, myErr = accord.OpenDB(MySQLURL())
+		if myErr != nil {
+			return
+		}
+		myDB.SetMaxOpenConns(40)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		myErr = myDB.PingContext(ctx)
+	})
+	if myErr != nil {
+		t.Fatalf("MySQL/MariaDB is not reachable at %s: %v\n"+
+			"Start it (scripts/test.sh does) or point ACCORD_TEST_MYSQL_URL at a database.", MySQLURL(), myErr)
+	}
+	return myDB
+}
+
+// MySQLSchema creates a fresh database on the test MySQL/MariaDB server,
+// migrates it up and drops it when the test ends.
+func MySQLSchema(t testing.TB) Env {
+	t.Helper()
+	db := MySQL(t)
+	schema := RandomName("t_")
+	m, err := migrate.New(db, &migrate.Config{Dialect: accord.MySQL, Schema: schema})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Migrate(context.Background(), migrate.Up, nil); err != nil {
+		t.Fatalf("migrate database %s: %v", schema, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := db.ExecContext(ctx, "DROP DATABASE IF EXISTS `"+schema+"`"); err != nil {
+			t.Logf("drop database %s: %v", schema, err)
+		}
+	})
+	return Env{DB: db, Dialect: accord.MySQL, URL: MySQLURL(), Schema: schema}
 }
 
 // RandomName returns prefix followed by 12 random hex characters.
@@ -135,6 +197,10 @@ func Dialects(t *testing.T, f func(t *testing.T, env Env)) {
 	t.Run("postgres", func(t *testing.T) {
 		t.Parallel()
 		f(t, PostgresSchema(t))
+	})
+	t.Run("mysql", func(t *testing.T) {
+		t.Parallel()
+		f(t, MySQLSchema(t))
 	})
 	t.Run("sqlite", func(t *testing.T) {
 		t.Parallel()

@@ -26,7 +26,7 @@ var identRe = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
 
 // tableSuffixes are the tables derived from the prefix; the longest decides
 // the longest allowed prefix.
-var tableSuffixes = []string{"migration", "outbox", "outbox_notify"}
+var tableSuffixes = []string{"migration", "outbox", "outbox_notify", "outbox_topic_length", "dead_letter_consumer", "replica_position", "replica_parked_at", "inbox_received_at"}
 
 // Names holds the validated, quoted identifiers of one Accord installation.
 type Names struct {
@@ -80,11 +80,20 @@ func validIdent(field, s string) error {
 // Table returns the quoted, schema-qualified name of table suffix (for
 // example "outbox").
 func (n Names) Table(suffix string) string {
-	t := `"` + n.Prefix + suffix + `"`
+	t := n.Quote(n.Prefix + suffix)
 	if n.Schema != "" {
-		return `"` + n.Schema + `".` + t
+		return n.Quote(n.Schema) + "." + t
 	}
 	return t
+}
+
+// Quote quotes a validated identifier for the dialect (backticks on MySQL,
+// double quotes elsewhere).
+func (n Names) Quote(ident string) string {
+	if n.Dialect == accord.MySQL {
+		return "`" + ident + "`"
+	}
+	return `"` + ident + `"`
 }
 
 // Outbox is the quoted outbox table.

@@ -52,7 +52,7 @@ type Querier interface {
 }
 
 // sqliteChunk bounds rows per INSERT so a statement stays under SQLite's
-// bind-variable limit (32766 since 3.32).
+// bind-variable limit (32766 since 3.32) and MySQL's (65535).
 const sqliteChunk = 1000
 
 func (n Names) pgInsertSQL() string {
@@ -93,7 +93,7 @@ func (n Names) Insert(ctx context.Context, ex Execer, rows []NewRow) error {
 	case accord.Postgres:
 		_, err := ex.ExecContext(ctx, n.pgInsertSQL(), pgInsertArgs(rows)...)
 		return err
-	case accord.SQLite:
+	case accord.SQLite, accord.MySQL:
 		for start := 0; start < len(rows); start += sqliteChunk {
 			end := min(start+sqliteChunk, len(rows))
 			q, args := n.sqliteInsert(rows[start:end])
@@ -201,6 +201,19 @@ func (n Names) Delete(ctx context.Context, ex Execer, seqs []int64) error {
 		js, _ := json.Marshal(seqs)
 		_, err := ex.ExecContext(ctx, "DELETE FROM "+n.Outbox()+" WHERE seq IN (SELECT value FROM json_each(?))", string(js))
 		return err
+	case accord.MySQL:
+		for start := 0; start < len(seqs); start += sqliteChunk {
+			chunk := seqs[start:min(start+sqliteChunk, len(seqs))]
+			args := make([]any, len(chunk))
+			for i, s := range chunk {
+				args[i] = s
+			}
+			q := "DELETE FROM " + n.Outbox() + " WHERE seq IN (?" + strings.Repeat(", ?", len(chunk)-1) + ")"
+			if _, err := ex.ExecContext(ctx, q, args...); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 	return n.Dialect.Validate()
 }

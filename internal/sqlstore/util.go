@@ -34,6 +34,10 @@ func TableExists(ctx context.Context, db RowQuerier, n Names, suffix string) (bo
 		err = db.QueryRowContext(ctx, `SELECT count(*) FROM pg_catalog.pg_tables
 			WHERE tablename = $1 AND schemaname = COALESCE(NULLIF($2, ''), current_schema())`,
 			n.Prefix+suffix, n.Schema).Scan(&count)
+	case accord.MySQL:
+		err = db.QueryRowContext(ctx, `SELECT count(*) FROM information_schema.tables
+			WHERE table_name = ? AND table_schema = COALESCE(NULLIF(?, ''), DATABASE())`,
+			n.Prefix+suffix, n.Schema).Scan(&count)
 	case accord.SQLite:
 		err = db.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?`,
 			n.Prefix+suffix).Scan(&count)

@@ -1,0 +1,6 @@
+{{if .Schema}}CREATE DATABASE IF NOT EXISTS {{.QSchema}};
+{{end}}CREATE TABLE IF NOT EXISTS {{table "migration"}} (
+    version    BIGINT PRIMARY KEY,
+    name       VARCHAR(255) NOT NULL,
+    applied_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+) ENGINE = InnoDB;

@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS {{table "replica_parked"}};
+DROP TABLE IF EXISTS {{table "replica_position"}};

@@ -1,0 +1,2 @@
+DROP TABLE IF EXISTS {{table "feed_cursor"}};
+DROP TABLE IF EXISTS {{table "feed"}};

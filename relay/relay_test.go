@@ -2,6 +2,7 @@ package relay_test
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -364,4 +365,35 @@ func TestCloseBeforeRun(t *testing.T) {
 	require.NoError(t, r.Close())
 	require.NoError(t, r.Close())
 	require.NoError(t, r.Run(context.Background()))
+}
+
+// A transaction left open elsewhere in the cluster (here: a write in another
+// database, which holds back the cluster-wide xmin) does not hold delivery
+// back: events are published while it is still open.
+func TestOpenTransactionElsewhereDoesNotStall(t *testing.T) {
+	t.Parallel()
+	env := dbtest.PostgresSchema(t)
+	ob := newOutbox(t, env)
+	sink := newMemSink()
+	startRelay(t, env, sink, nil)
+
+	other, err := sql.Open("pgx", "postgres://postgres@127.0.0.1:5432/postgres?sslmode=disable")
+	require.NoError(t, err)
+	defer other.Close()
+	ctx := context.Background()
+	tx, err := other.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	defer tx.Rollback()
+	var xid string
+	require.NoError(t, tx.QueryRowContext(ctx, "SELECT pg_current_xact_id()::text").Scan(&xid))
+	var xmin string
+	require.NoError(t, env.DB.QueryRow("SELECT pg_snapshot_xmin(pg_current_snapshot())::text").Scan(&xmin))
+	require.LessOrEqual(t, len(xmin), len(xid))
+	require.True(t, len(xmin) < len(xid) || xmin <= xid, "the other transaction does not hold back xmin (xmin %s, xid %s)", xmin, xid)
+
+	ids := writeEvents(t, env, ob, "t", "k", 10)
+	waitFor(t, 10*time.Second, "delivery while another database's transaction is open", func() bool { return sink.has(ids[9]) })
+	// The other transaction is still open: it did not stall delivery.
+	var one int
+	require.NoError(t, tx.QueryRowContext(ctx, "SELECT 1").Scan(&one))
 }

@@ -38,6 +38,9 @@ func ExampleMigrator_Migrate() {
 	// Output:
 	// applied 001 migration_table
 	// applied 002 outbox
+	// applied 003 inbox
+	// applied 004 replica
+	// applied 005 feed
 	// second run applied 0
 	// validate: <nil>
 }

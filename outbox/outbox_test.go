@@ -21,6 +21,7 @@ import (
 
 	"github.com/accordgo/accord"
 	"github.com/accordgo/accord/internal/dbtest"
+	"github.com/accordgo/accord/internal/sqlstore"
 	"github.com/accordgo/accord/outbox"
 )
 
@@ -38,12 +39,24 @@ func newOutbox(t *testing.T, env dbtest.Env, cfg *outbox.Config) *outbox.Outbox 
 	return ob
 }
 
-func outboxTable(env dbtest.Env) string {
-	if env.Schema != "" {
-		return `"` + env.Schema + `"."accord_outbox"`
+// quote quotes an identifier the way the dialect wants it, written out here
+// independently of the code under test.
+func quote(d accord.Dialect, ident string) string {
+	if d == accord.MySQL {
+		return "`" + ident + "`"
 	}
-	return `"accord_outbox"`
+	return `"` + ident + `"`
 }
+
+// table is the quoted, schema-qualified name of a table of env.
+func table(env dbtest.Env, name string) string {
+	if env.Schema != "" {
+		return quote(env.Dialect, env.Schema) + "." + quote(env.Dialect, name)
+	}
+	return quote(env.Dialect, name)
+}
+
+func outboxTable(env dbtest.Env) string { return table(env, "accord_outbox") }
 
 // storedRow is an outbox row read back with plain SQL, independently of
 // the relay's reader.
@@ -212,7 +225,7 @@ func TestWriteTx_ManyEventsKeepOrder(t *testing.T) {
 	dbtest.Dialects(t, func(t *testing.T, env dbtest.Env) {
 		ctx := context.Background()
 		ob := newOutbox(t, env, nil)
-		const n = 2500 // crosses SQLite's 1,000-row statement chunks
+		const n = 2500 // crosses the 1,000-row statement chunks of SQLite and MySQL
 		events := make([]outbox.Event, n)
 		for i := range events {
 			events[i] = event("bulk", "key-"+strconv.Itoa(i%7), strconv.Itoa(i))
@@ -284,18 +297,27 @@ func TestWritePgxTx(t *testing.T) {
 	require.Len(t, readRows(t, env), 2)
 }
 
-func TestWritePgxTx_SQLiteOutbox(t *testing.T) {
+func TestWritePgxTx_OtherDialectOutbox(t *testing.T) {
 	t.Parallel()
 	pool := pgxPool(t)
-	ob, err := outbox.New(&outbox.Config{Dialect: accord.SQLite})
-	require.NoError(t, err)
-	require.Equal(t, accord.SQLite, ob.Dialect())
-	tx := beginPgx(t, pool)
-	err = ob.WritePgxTx(context.Background(), tx, event("orders", "k", "x"))
-	require.Error(t, err)
-	require.ErrorContains(t, err, "pgx")
-	require.ErrorContains(t, err, string(accord.Postgres))
-	require.False(t, outbox.IsInvalidEvent(err))
+	for _, d := range []accord.Dialect{accord.SQLite, accord.MySQL} {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+			ob, err := outbox.New(&outbox.Config{Dialect: d})
+			require.NoError(t, err)
+			require.Equal(t, d, ob.Dialect())
+			tx := beginPgx(t, pool)
+			err = ob.WritePgxTx(context.Background(), tx, event("orders", "k", "x"))
+			require.Error(t, err)
+			require.ErrorContains(t, err, "pgx")
+			require.ErrorContains(t, err, string(accord.Postgres))
+			require.ErrorContains(t, err, string(d))
+			require.False(t, outbox.IsInvalidEvent(err))
+			// Nothing was sent: the transaction is still usable.
+			var one int
+			require.NoError(t, tx.QueryRow(context.Background(), "SELECT 1").Scan(&one))
+		})
+	}
 }
 
 func TestPublisher(t *testing.T) {
@@ -683,6 +705,40 @@ func TestWriteTx_NotMigrated(t *testing.T) {
 		check(t, err)
 		require.ErrorContains(t, err, `"other_outbox"`)
 	})
+	t.Run("MySQLEmptyDatabase", func(t *testing.T) {
+		t.Parallel()
+		db := dbtest.MySQL(t)
+		ctx := context.Background()
+		schema := dbtest.RandomName("t_")
+		_, err := db.ExecContext(ctx, "CREATE DATABASE `"+schema+"`")
+		require.NoError(t, err)
+		t.Cleanup(func() { _, _ = db.ExecContext(context.Background(), "DROP DATABASE IF EXISTS `"+schema+"`") })
+		ob, err := outbox.New(&outbox.Config{Dialect: accord.MySQL, Schema: schema})
+		require.NoError(t, err)
+
+		tx := begin(t, db)
+		check(t, ob.WriteTx(ctx, tx, event("orders", "k", "x")))
+		require.NoError(t, tx.Rollback())
+		// A publisher bound to the pool reports it too.
+		err = ob.DBPublisher(db).Publish("orders", outbox.NewMessage([]byte("x")))
+		check(t, err)
+	})
+	t.Run("MySQLMissingDatabase", func(t *testing.T) {
+		t.Parallel()
+		db := dbtest.MySQL(t)
+		ob, err := outbox.New(&outbox.Config{Dialect: accord.MySQL, Schema: dbtest.RandomName("t_")})
+		require.NoError(t, err)
+		check(t, ob.WriteTx(context.Background(), db, event("orders", "k", "x")))
+	})
+	t.Run("MySQLOtherPrefix", func(t *testing.T) {
+		t.Parallel()
+		env := dbtest.MySQLSchema(t)
+		ob, err := outbox.New(&outbox.Config{Dialect: accord.MySQL, Schema: env.Schema, TablePrefix: "other_"})
+		require.NoError(t, err)
+		err = ob.WriteTx(context.Background(), env.DB, event("orders", "k", "x"))
+		check(t, err)
+		require.ErrorContains(t, err, "`other_outbox`")
+	})
 	t.Run("SQLite", func(t *testing.T) {
 		t.Parallel()
 		db, d, err := accord.OpenDB("sqlite://" + t.TempDir() + "/empty.db")
@@ -704,8 +760,12 @@ func TestNew_InvalidConfig(t *testing.T) {
 	}{
 		{"Nil", nil, "dialect"},
 		{"EmptyDialect", &outbox.Config{}, "dialect"},
-		{"UnknownDialect", &outbox.Config{Dialect: "mysql"}, "mysql"},
+		{"UnknownDialect", &outbox.Config{Dialect: "oracle"}, "oracle"},
+		{"UnknownDialectListsSupported", &outbox.Config{Dialect: "oracle"}, `"postgres", "mysql" or "sqlite"`},
+		{"DialectCase", &outbox.Config{Dialect: "MySQL"}, `"MySQL"`},
 		{"SchemaOnSQLite", &outbox.Config{Dialect: accord.SQLite, Schema: "main"}, "Schema"},
+		{"MySQLBadSchema", &outbox.Config{Dialect: accord.MySQL, Schema: "a`b"}, "Schema"},
+		{"MySQLBadPrefix", &outbox.Config{Dialect: accord.MySQL, TablePrefix: "svc-"}, "TablePrefix"},
 		{"BadSchema", &outbox.Config{Dialect: accord.Postgres, Schema: "a;drop table x"}, "Schema"},
 		{"BadPrefix", &outbox.Config{Dialect: accord.Postgres, TablePrefix: "Svc"}, "TablePrefix"},
 		{"LongPrefix", &outbox.Config{Dialect: accord.Postgres, TablePrefix: strings.Repeat("p", 60)}, "TablePrefix"},
@@ -725,6 +785,8 @@ func TestNew_InvalidConfig(t *testing.T) {
 		for _, cfg := range []*outbox.Config{
 			{Dialect: accord.SQLite},
 			{Dialect: accord.Postgres, Schema: "svc", TablePrefix: "svc_", MaxPayloadBytes: -1},
+			{Dialect: accord.MySQL},
+			{Dialect: accord.MySQL, Schema: "svc", TablePrefix: "svc_", MaxPayloadBytes: 10},
 		} {
 			ob, err := outbox.New(cfg)
 			require.NoError(t, err)
@@ -762,4 +824,139 @@ func TestShard(t *testing.T) {
 	require.Equal(t, outbox.Shard("order-42"), outbox.Shard("order-42"))
 	// The hash is part of the stored data: pin it (FNV-1a 32 mod 1024).
 	require.Equal(t, int32(0x811c9dc5%outbox.ShardCount), outbox.Shard(""))
+}
+
+// TestWriteTx_MySQLRoundTrip follows events through MySQL as an application
+// and the relay see them: written with a business row in one InnoDB
+// transaction and rolled back or committed with it; many events in several
+// INSERT statements, in order; created_at stored as Unix microseconds (UTC,
+// whatever the writer's zone); read back in seq order by the relay's
+// reader, counted, and deleted in chunks; seq never reused after deletes.
+func TestWriteTx_MySQLRoundTrip(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	env := dbtest.MySQLSchema(t)
+	// 12:08:09.123456789 UTC, written from another zone; stored truncated to
+	// the microsecond.
+	now := time.Date(2024, 5, 6, 7, 8, 9, 123456789, time.FixedZone("EST", -5*3600))
+	const nowMicros = int64(1714997289123456)
+	stored := time.UnixMicro(nowMicros)
+	ob := newOutbox(t, env, &outbox.Config{Now: func() time.Time { return now }})
+
+	var dataType string
+	require.NoError(t, env.DB.QueryRowContext(ctx, `SELECT data_type FROM information_schema.columns
+		WHERE table_schema = ? AND table_name = 'accord_outbox' AND column_name = 'created_at'`, env.Schema).Scan(&dataType))
+	require.Equal(t, "bigint", dataType)
+
+	orders := table(env, "orders")
+	_, err := env.DB.ExecContext(ctx, "CREATE TABLE "+orders+" (id VARCHAR(64) PRIMARY KEY, total_cents BIGINT NOT NULL) ENGINE = InnoDB")
+	require.NoError(t, err)
+	countOrders := func() int {
+		var n int
+		require.NoError(t, env.DB.QueryRowContext(ctx, "SELECT count(*) FROM "+orders).Scan(&n))
+		return n
+	}
+	placeOrder := func(id string, commit bool, events ...outbox.Event) {
+		tx := begin(t, env.DB)
+		_, err := tx.ExecContext(ctx, "INSERT INTO "+orders+" (id, total_cents) VALUES (?, ?)", id, 1999)
+		require.NoError(t, err)
+		require.NoError(t, ob.WriteTx(ctx, tx, events...))
+		if commit {
+			require.NoError(t, tx.Commit())
+		} else {
+			require.NoError(t, tx.Rollback())
+		}
+	}
+
+	// Rolled back: neither the order nor its event.
+	placeOrder("o-1", false, event("orders.placed", "o-1", "rolled back"))
+	require.Zero(t, countOrders())
+	require.Zero(t, countRows(t, env))
+
+	// Committed: the order and all its events, in write order.
+	const n = 2500 // three INSERT statements of at most 1,000 rows
+	events := make([]outbox.Event, n)
+	for i := range events {
+		events[i] = event("orders.placed", "key-"+strconv.Itoa(i%7), strconv.Itoa(i))
+		events[i].Version = int64(i + 1)
+	}
+	events[0].Message.Metadata.Set("unicode", "ünï € 🚀")
+	placeOrder("o-2", true, events...)
+	require.Equal(t, 1, countOrders())
+
+	var minCreated, maxCreated int64
+	require.NoError(t, env.DB.QueryRowContext(ctx, "SELECT min(created_at), max(created_at) FROM "+outboxTable(env)).Scan(&minCreated, &maxCreated))
+	require.Equal(t, nowMicros, minCreated)
+	require.Equal(t, nowMicros, maxCreated)
+
+	rows := readRows(t, env)
+	require.Len(t, rows, n)
+	for i, r := range rows {
+		require.Equal(t, strconv.Itoa(i), string(r.Payload), "row %d out of order", i)
+		require.Equal(t, events[i].Message.UUID, r.ID)
+		require.Equal(t, events[i].Key, r.Key)
+		require.Equal(t, outbox.Shard(events[i].Key), r.Shard)
+		require.Equal(t, sql.NullInt64{Int64: int64(i + 1), Valid: true}, r.Version)
+		require.True(t, r.CreatedAt.Equal(stored), "row %d created at %v", i, r.CreatedAt)
+		if i > 0 {
+			require.Greater(t, r.Seq, rows[i-1].Seq)
+		}
+	}
+	require.Equal(t, map[string]string{"unicode": "ünï € 🚀"}, rows[0].Metadata)
+
+	// The relay's reader sees the same rows, page by page, in seq order.
+	names, err := sqlstore.NewNames(accord.MySQL, env.Schema, outbox.TablePrefixDefault)
+	require.NoError(t, err)
+	var read []sqlstore.Row
+	for after := int64(0); ; {
+		page, err := names.ReadAfter(ctx, env.DB, after, 700)
+		require.NoError(t, err)
+		if len(page) == 0 {
+			break
+		}
+		require.LessOrEqual(t, len(page), 700)
+		read = append(read, page...)
+		after = page[len(page)-1].Seq
+	}
+	require.Len(t, read, n)
+	for i, r := range read {
+		require.Equal(t, rows[i].Seq, r.Seq)
+		require.Equal(t, rows[i].ID, r.ID)
+		require.Equal(t, "orders.placed", r.Topic)
+		require.Equal(t, rows[i].Key, r.Key)
+		require.Equal(t, rows[i].Shard, r.Shard)
+		require.Equal(t, rows[i].Version, r.Version)
+		require.Equal(t, rows[i].Payload, r.Payload)
+		require.Zero(t, r.Attempts)
+		require.True(t, r.CreatedAt.Equal(stored), "row %d created at %v", i, r.CreatedAt)
+		require.Equal(t, time.UTC, r.CreatedAt.Location())
+	}
+	one, err := names.ReadOne(ctx, env.DB, read[42].Seq)
+	require.NoError(t, err)
+	require.Equal(t, read[42], *one)
+
+	stats, err := names.Stats(ctx, env.DB)
+	require.NoError(t, err)
+	require.Equal(t, int64(n), stats.Pending)
+	require.True(t, stats.Oldest.Equal(stored), "oldest %v", stats.Oldest)
+
+	// Published rows are deleted, more than one statement's worth at once.
+	seqs := make([]int64, len(read))
+	for i, r := range read {
+		seqs[i] = r.Seq
+	}
+	require.NoError(t, names.Delete(ctx, env.DB, seqs))
+	require.Zero(t, countRows(t, env))
+	stats, err = names.Stats(ctx, env.DB)
+	require.NoError(t, err)
+	require.Zero(t, stats.Pending)
+	require.True(t, stats.Oldest.IsZero())
+
+	// seq is never reused, even with the table empty: the relay's cursor
+	// cannot skip the next event.
+	require.NoError(t, ob.WriteTx(ctx, env.DB, event("orders.placed", "o-3", "after delete")))
+	rows = readRows(t, env)
+	require.Len(t, rows, 1)
+	require.Greater(t, rows[0].Seq, seqs[len(seqs)-1])
+	require.Equal(t, "after delete", string(rows[0].Payload))
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/accordgo/accord"
+	"github.com/go-sql-driver/mysql"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -270,6 +271,12 @@ func IsUndefinedTable(err error) bool {
 	}
 	var coded interface{ SQLState() string }
 	if errors.As(err, &coded) && coded.SQLState() == "42P01" {
+		return true
+	}
+	// MySQL reports a missing table, and a table in a missing database, as
+	// ER_NO_SUCH_TABLE 1146 (SQLSTATE 42S02).
+	var my *mysql.MySQLError
+	if errors.As(err, &my) && my.Number == 1146 {
 		return true
 	}
 	return strings.Contains(err.Error(), "no such table")

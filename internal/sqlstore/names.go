@@ -117,3 +117,12 @@ func (n Names) Channel() string {
 	}
 	return c
 }
+
+// ValidIdent validates one identifier that comes from configuration (a
+// table or column name); field names the setting in the error.
+func ValidIdent(field, s string) error {
+	if s == "" {
+		return fmt.Errorf("%w: %s is empty", ErrInvalidIdentifier, field)
+	}
+	return validIdent(field, s)
+}

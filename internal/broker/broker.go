@@ -1,0 +1,179 @@
+// Package broker opens the watermill Publisher (and, where the transport has
+// one, the Subscriber) that `accord relay` publishes through, from one URL:
+//
+//	gochannel (or "" or inprocess)   watermill GoChannel, in process, persistent
+//	log (or stdout)                  one JSON line per message on stdout
+//	nats://host:4222[?subject_prefix=p]
+//	                                 NATS JetStream, deduplicated on the message UUID
+//	postgres://... (or postgresql://)
+//	                                 watermill-sql topic tables in PostgreSQL
+//
+// It is internal: the library itself takes any message.Publisher, and this
+// package only spares CLI users from writing a program to get one.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+)
+
+// Schemes lists the broker URL schemes Open understands, for help texts and
+// error messages.
+const Schemes = `gochannel (or "" or inprocess), log (or stdout), nats://, postgres:// (or postgresql://)`
+
+// ErrUnknownScheme is returned by Open for a URL whose scheme is not one of
+// Schemes. It is a configuration error: retrying cannot succeed.
+var ErrUnknownScheme = errors.New("accord broker: unknown broker URL scheme")
+
+// ErrInvalidURL is returned by Open for a broker URL with a supported scheme
+// that cannot be used as given (bad query parameter, unparsable URL). It is a
+// configuration error.
+var ErrInvalidURL = errors.New("accord broker: invalid broker URL")
+
+// Broker is an open transport: a publisher, usually a subscriber, and what
+// must be closed with them.
+type Broker struct {
+	// Publisher publishes to the transport. Never nil.
+	Publisher message.Publisher
+	// Subscriber subscribes to the same transport. Nil for write-only
+	// transports ("log").
+	Subscriber message.Subscriber
+	// Name identifies the transport in logs: its URL with credentials
+	// redacted.
+	Name string
+
+	closers   []func() error // run in order by Close
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Close closes the subscriber, the publisher and the connections Open made,
+// in that order, and returns their errors joined. It is idempotent: later
+// calls return the first call's result.
+func (b *Broker) Close() error {
+	b.closeOnce.Do(func() {
+		var errs []error
+		for _, c := range b.closers {
+			if err := c(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		b.closeErr = errors.Join(errs...)
+	})
+	return b.closeErr
+}
+
+// OpenOpts are optional parameters of [OpenWith]. A nil pointer means all
+// defaults.
+type OpenOpts struct {
+	// Stdout is where the "log" broker writes its lines. Defaults to
+	// os.Stdout.
+	Stdout io.Writer
+}
+
+// Open opens the broker that url names (see the package doc). logger
+// receives the transport's own logs; nil discards them. ctx bounds the
+// connection checks done while opening.
+func Open(ctx context.Context, url string, logger *slog.Logger) (*Broker, error) {
+	return OpenWith(ctx, url, logger, nil)
+}
+
+// OpenWith is Open with optional parameters.
+func OpenWith(ctx context.Context, rawURL string, logger *slog.Logger, opts *OpenOpts) (*Broker, error) {
+	if opts == nil {
+		opts = &OpenOpts{}
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	stdout := opts.Stdout
+	if stdout == nil {
+		stdout = os.Stdout
+	}
+	// watermill logs routine events (subscriber closed, no subscribers for
+	// a GoChannel message) at Info; keep Info for Accord's own lines.
+	wlog := watermill.NewSlogLoggerWithLevelMapping(logger.With("component", "watermill"),
+		map[slog.Level]slog.Level{slog.LevelInfo: slog.LevelDebug})
+
+	scheme := strings.ToLower(rawURL)
+	if i := strings.Index(scheme, ":"); i >= 0 {
+		scheme = scheme[:i]
+	}
+	switch scheme {
+	case "", "gochannel", "inprocess":
+		ch := gochannel.NewGoChannel(gochannel.Config{Persistent: true}, wlog)
+		return &Broker{
+			Publisher:  ch,
+			Subscriber: ch,
+			Name:       "gochannel",
+			closers:    []func() error{ch.Close},
+		}, nil
+	case "log", "stdout":
+		pub := NewLogPublisher(stdout)
+		return &Broker{Publisher: pub, Name: "log", closers: []func() error{pub.Close}}, nil
+	case "nats":
+		return openNATS(ctx, rawURL, logger, wlog)
+	case "postgres", "postgresql":
+		return openPostgres(ctx, rawURL, wlog)
+	}
+	return nil, fmt.Errorf("%w %q in %q: supported are %s", ErrUnknownScheme, scheme, RedactURL(rawURL), Schemes)
+}
+
+// RedactURL returns u with secrets replaced by "xxxxx": passwords, NATS
+// tokens (a user name without a password on a nats:// URL) and query
+// parameters whose name mentions a password, token, secret or key. Several
+// comma-separated URLs (a NATS server list) are redacted one by one. A
+// string that is not a URL is returned as is when it has no "@", and
+// replaced by "(unparsable URL)" otherwise.
+func RedactURL(u string) string {
+	if strings.Contains(u, ",") {
+		parts := strings.Split(u, ",")
+		for i, p := range parts {
+			parts[i] = RedactURL(p)
+		}
+		return strings.Join(parts, ",")
+	}
+	p, err := url.Parse(u)
+	if err != nil {
+		if strings.Contains(u, "@") {
+			return "(unparsable URL)"
+		}
+		return u
+	}
+	if p.User != nil {
+		if _, has := p.User.Password(); has {
+			p.User = url.UserPassword(p.User.Username(), "xxxxx")
+		} else if p.Scheme == "nats" {
+			p.User = url.User("xxxxx")
+		}
+	}
+	if p.RawQuery != "" {
+		q := p.Query()
+		changed := false
+		for k := range q {
+			lk := strings.ToLower(k)
+			for _, s := range []string{"password", "token", "secret", "key", "nkey", "creds"} {
+				if strings.Contains(lk, s) {
+					q[k] = []string{"xxxxx"}
+					changed = true
+					break
+				}
+			}
+		}
+		if changed {
+			p.RawQuery = q.Encode()
+		}
+	}
+	return p.String()
+}

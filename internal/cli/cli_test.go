@@ -1,0 +1,445 @@
+package cli
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/accordgo/accord"
+	"github.com/accordgo/accord/internal/broker"
+	"github.com/accordgo/accord/internal/dbtest"
+	"github.com/accordgo/accord/internal/sqlstore"
+	"github.com/accordgo/accord/migrate"
+	"github.com/accordgo/accord/outbox"
+)
+
+// testTimeout bounds every wait in these tests.
+const testTimeout = 30 * time.Second
+
+// syncBuffer is a bytes.Buffer safe for a command writing while the test
+// reads, which signals every write.
+type syncBuffer struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	written chan struct{}
+}
+
+func newSyncBuffer() *syncBuffer { return &syncBuffer{written: make(chan struct{}, 1)} }
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n, err := b.buf.Write(p)
+	select {
+	case b.written <- struct{}{}:
+	default:
+	}
+	return n, err
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// waitFor returns the first line of b that contains s, failing t if none
+// appears within testTimeout.
+func (b *syncBuffer) waitFor(t *testing.T, s string, stderr *syncBuffer) string {
+	t.Helper()
+	deadline := time.NewTimer(testTimeout)
+	defer deadline.Stop()
+	for {
+		for _, line := range strings.Split(b.String(), "\n") {
+			if strings.Contains(line, s) {
+				return line
+			}
+		}
+		select {
+		case <-b.written:
+		case <-deadline.C:
+			require.FailNow(t, "timed out waiting for output", "want a line containing %q\nstdout:\n%s\nstderr:\n%s", s, b.String(), stderr.String())
+		}
+	}
+}
+
+// result is the outcome of one command run.
+type result struct {
+	code           int
+	stdout, stderr string
+}
+
+// runCLI runs the accord command in process with args and an environment
+// made of env only (the test process's environment is ignored).
+func runCLI(t *testing.T, env map[string]string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	stdout, stderr := newSyncBuffer(), newSyncBuffer()
+	code := testApp(stdout, stderr, env).run(ctx, args)
+	res := result{code: code, stdout: stdout.String(), stderr: stderr.String()}
+	t.Logf("accord %s → %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, res.stdout, res.stderr)
+	return res
+}
+
+func testApp(stdout, stderr *syncBuffer, env map[string]string) *app {
+	return &app{stdout: stdout, stderr: stderr, lookupEnv: func(k string) (string, bool) {
+		v, ok := env[k]
+		return v, ok
+	}}
+}
+
+func requireCode(t *testing.T, want int, res result) {
+	t.Helper()
+	require.Equal(t, want, res.code, "exit code\nstdout:\n%s\nstderr:\n%s", res.stdout, res.stderr)
+}
+
+func sqliteURL(t *testing.T) string {
+	t.Helper()
+	return "sqlite://" + filepath.Join(t.TempDir(), "accord.db")
+}
+
+// postgresSchema returns a fresh schema name on the test database that is
+// dropped when the test ends. The schema itself is created by `migrate up`.
+func postgresSchema(t *testing.T) string {
+	t.Helper()
+	db := dbtest.Postgres(t)
+	schema := dbtest.RandomName("t_")
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+		defer cancel()
+		_, err := db.ExecContext(ctx, fmt.Sprintf(`DROP SCHEMA IF EXISTS %q CASCADE`, schema))
+		require.NoError(t, err)
+	})
+	return schema
+}
+
+func TestMain_Version(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr bytes.Buffer
+	code := Main([]string{"version"}, &stdout, &stderr)
+	require.Equal(t, exitOK, code, stderr.String())
+	require.Regexp(t, `^accord (devel|v\S+) \(go\S+\)\n$`, stdout.String())
+}
+
+func TestUsageErrors(t *testing.T) {
+	t.Parallel()
+	migrated := dbtest.SQLite(t).URL
+	for _, tt := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{"RelayWithoutDatabaseURL", nil, []string{"relay"}, "--database-url is required (or set ACCORD_DATABASE_URL)"},
+		{"RelayUnknownDialect", nil, []string{"relay", "--database-url", "redis://x"}, `database URL scheme "redis"`},
+		{"RelayUnknownBroker", nil, []string{"relay", "--database-url", migrated, "--broker", "kafka://k:9092"}, "supported are gochannel"},
+		{"RelayInvalidBrokerURL", nil, []string{"relay", "--database-url", migrated, "--broker", "nats://127.0.0.1:4222?subject_prefix=a..b"}, "subject_prefix"},
+		{"RelayInvalidConfig", nil, []string{"relay", "--database-url", migrated, "--lanes", "5000"}, "accord relay: invalid config: Lanes 5000"},
+		{"RelaySchemaOnSQLite", nil, []string{"relay", "--database-url", migrated, "--schema", "app"}, "sqlite has no schemas"},
+		{"RelayZeroBatchSize", nil, []string{"relay", "--database-url", migrated, "--batch-size", "0"}, "--batch-size must be at least 1"},
+		{"RelayBadLogFormat", nil, []string{"relay", "--database-url", migrated, "--log-format", "xml"}, `--log-format "xml"`},
+		{"RelayBadLogLevelFromEnv", map[string]string{"ACCORD_LOG_LEVEL": "loud"}, []string{"relay", "--database-url", migrated}, `--log-level "loud"`},
+		{"RelayBadLanesFromEnv", map[string]string{"ACCORD_LANES": "many"}, []string{"relay"}, `ACCORD_LANES="many" (for --lanes)`},
+		{"RelayUnknownFlag", nil, []string{"relay", "--lane", "3"}, "unknown flag: --lane"},
+		{"RelayArgument", nil, []string{"relay", "now"}, `unknown command "now"`},
+		{"UnknownCommand", nil, []string{"publish"}, `unknown command "publish" for "accord"`},
+		{"UnknownMigrateCommand", nil, []string{"migrate", "sideways"}, `unknown command "sideways" for "accord migrate"`},
+		{"MigrateUpWithoutDatabaseURL", nil, []string{"migrate", "up"}, "--database-url is required"},
+		{"MigrateUpUnknownVersion", nil, []string{"migrate", "up", "--database-url", sqliteURL(t), "--target-version", "99"}, "unknown migration version"},
+		{"MigrateDownConflictingFlags", nil, []string{"migrate", "down", "--database-url", migrated, "--all", "--max-steps", "2"}, "[all max-steps] were all set"},
+		{"MigrateDownZeroSteps", nil, []string{"migrate", "down", "--database-url", migrated, "--max-steps", "0"}, "--max-steps must be at least 1"},
+		{"MigrateSQLWithoutDialect", nil, []string{"migrate", "sql"}, "--database-url or --dialect is required"},
+		{"MigrateSQLUnknownDialect", nil, []string{"migrate", "sql", "--dialect", "oracle"}, `unknown SQL dialect: "oracle"`},
+		{"MigrateSQLDialectMismatch", nil, []string{"migrate", "sql", "--dialect", "sqlite", "--database-url", "postgres://db/app"}, "--dialect sqlite does not match the postgres --database-url"},
+		{"MigrateSQLBadDirection", nil, []string{"migrate", "sql", "--dialect", "sqlite", "--direction", "sideways"}, `--direction "sideways"`},
+		{"MigrateSQLUnknownVersion", nil, []string{"migrate", "sql", "--dialect", "sqlite", "--version", "42"}, "unknown migration version: 42"},
+		{"MigrateBadPrefix", nil, []string{"migrate", "list", "--database-url", migrated, "--table-prefix", "Bad-Prefix"}, `TablePrefix "Bad-Prefix"`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			res := runCLI(t, tt.env, tt.args...)
+			requireCode(t, exitUsage, res)
+			require.Contains(t, res.stderr, tt.want)
+			require.Contains(t, res.stderr, "--help' for usage.")
+		})
+	}
+}
+
+// migrateTarget is one database the migrate commands run against.
+type migrateTarget struct {
+	dialect accord.Dialect
+	env     map[string]string
+	args    []string // --database-url and --schema, unless in env
+}
+
+func TestMigrate(t *testing.T) {
+	t.Parallel()
+
+	t.Run("postgres", func(t *testing.T) {
+		t.Parallel()
+		schema := postgresSchema(t)
+		testMigrate(t, migrateTarget{dialect: accord.Postgres, args: []string{"--database-url", dbtest.PostgresURL(), "--schema", schema}})
+	})
+	t.Run("mysql", func(t *testing.T) {
+		t.Parallel()
+		db := dbtest.MySQL(t)
+		schema := dbtest.RandomName("t_")
+		t.Cleanup(func() {
+			_, err := db.Exec("DROP DATABASE IF EXISTS `" + schema + "`")
+			require.NoError(t, err)
+		})
+		testMigrate(t, migrateTarget{dialect: accord.MySQL, args: []string{"--database-url", dbtest.MySQLURL(), "--schema", schema}})
+	})
+	t.Run("sqlite", func(t *testing.T) {
+		t.Parallel()
+		// The URL comes from the environment, as in a deployment.
+		testMigrate(t, migrateTarget{dialect: accord.SQLite, env: map[string]string{"ACCORD_DATABASE_URL": sqliteURL(t)}})
+	})
+}
+
+// migrationNames returns "NNN_name" of every migration of dialect d, oldest
+// first.
+func migrationNames(t *testing.T, d accord.Dialect) []string {
+	t.Helper()
+	db := sql.OpenDB(noConnector{})
+	t.Cleanup(func() { _ = db.Close() })
+	m, err := migrate.New(db, &migrate.Config{Dialect: d})
+	require.NoError(t, err)
+	var names []string
+	for _, mig := range m.All() {
+		names = append(names, fmt.Sprintf("%03d_%s", mig.Version, mig.Name))
+	}
+	require.GreaterOrEqual(t, len(names), 2, "the test needs at least two migrations")
+	return names
+}
+
+// linesRe matches output made of one line per name: prefix, the name and
+// the given suffix pattern.
+func linesRe(prefix string, names []string, suffix string) string {
+	var b strings.Builder
+	b.WriteString("^")
+	for _, n := range names {
+		b.WriteString(regexp.QuoteMeta(prefix+n) + suffix + `\n`)
+	}
+	b.WriteString("$")
+	return b.String()
+}
+
+func reversed(s []string) []string {
+	out := slices.Clone(s)
+	slices.Reverse(out)
+	return out
+}
+
+func testMigrate(t *testing.T, target migrateTarget) {
+	t.Helper()
+	migrateCmd := func(args ...string) result {
+		t.Helper()
+		return runCLI(t, target.env, append(append([]string{"migrate"}, args...), target.args...)...)
+	}
+	names := migrationNames(t, target.dialect)
+	first, last := names[0], names[len(names)-1]
+	const took = ` \(\S+\)`
+
+	res := migrateCmd("validate")
+	requireCode(t, exitFailure, res)
+	require.Contains(t, res.stderr, "not migrated: missing "+strings.Join(names, ", ")+";")
+
+	res = migrateCmd("up", "--dry-run")
+	requireCode(t, exitOK, res)
+	require.Regexp(t, linesRe("would apply ", names, ""), res.stdout)
+
+	res = migrateCmd("list")
+	requireCode(t, exitOK, res)
+	require.True(t, strings.HasPrefix(res.stdout, "VERSION  NAME"), res.stdout)
+	require.Equal(t, len(names), strings.Count(res.stdout, " pending "), res.stdout)
+
+	res = migrateCmd("up", "--max-steps", "1")
+	requireCode(t, exitOK, res)
+	require.Regexp(t, linesRe("applied ", names[:1], took), res.stdout)
+
+	res = migrateCmd("list")
+	requireCode(t, exitOK, res)
+	require.Regexp(t, `\n`+strings.Replace(first, "_", `\s+`, 1)+`\s+applied\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\n`, res.stdout)
+	require.Equal(t, len(names)-1, strings.Count(res.stdout, " pending "), res.stdout)
+
+	res = migrateCmd("validate")
+	requireCode(t, exitFailure, res)
+	require.Contains(t, res.stderr, "missing "+strings.Join(names[1:], ", ")+";")
+	require.NotContains(t, res.stderr, first)
+
+	res = migrateCmd("up")
+	requireCode(t, exitOK, res)
+	require.Regexp(t, linesRe("applied ", names[1:], took), res.stdout)
+
+	res = migrateCmd("up")
+	requireCode(t, exitOK, res)
+	require.Contains(t, res.stdout, "nothing to apply")
+
+	res = migrateCmd("validate")
+	requireCode(t, exitOK, res)
+	require.Equal(t, fmt.Sprintf("ok: all %d migrations are applied (latest is %s)\n", len(names), last[:3]), res.stdout)
+
+	res = migrateCmd("down", "--dry-run")
+	requireCode(t, exitOK, res)
+	require.Equal(t, "would revert "+last+"\n", res.stdout)
+
+	res = migrateCmd("down")
+	requireCode(t, exitOK, res)
+	require.Regexp(t, linesRe("reverted ", []string{last}, took), res.stdout)
+
+	res = migrateCmd("validate")
+	requireCode(t, exitFailure, res)
+	require.Contains(t, res.stderr, "missing "+last+";")
+
+	requireCode(t, exitOK, migrateCmd("up"))
+	res = migrateCmd("down", "--target-version", "1")
+	requireCode(t, exitOK, res)
+	require.Regexp(t, linesRe("reverted ", reversed(names[1:]), took), res.stdout)
+
+	requireCode(t, exitOK, migrateCmd("up"))
+	res = migrateCmd("down", "--all")
+	requireCode(t, exitOK, res)
+	require.Regexp(t, linesRe("reverted ", reversed(names), took), res.stdout)
+
+	res = migrateCmd("list")
+	requireCode(t, exitOK, res)
+	require.NotContains(t, res.stdout, "applied")
+
+	res = migrateCmd("down")
+	requireCode(t, exitOK, res)
+	require.Equal(t, "nothing to revert\n", res.stdout)
+}
+
+func TestMigrateSQL(t *testing.T) {
+	t.Parallel()
+
+	t.Run("AllUpFromDialect", func(t *testing.T) {
+		t.Parallel()
+		res := runCLI(t, nil, "migrate", "sql", "--dialect", "sqlite")
+		requireCode(t, exitOK, res)
+		require.Contains(t, res.stdout, "-- accord migration 001_migration_table (up)")
+		require.Contains(t, res.stdout, "-- accord migration 002_outbox (up)")
+		require.Less(t, strings.Index(res.stdout, "001_migration_table"), strings.Index(res.stdout, "002_outbox"))
+		require.Contains(t, res.stdout, `CREATE TABLE "accord_outbox"`)
+	})
+
+	t.Run("OneDownFromDatabaseURL", func(t *testing.T) {
+		t.Parallel()
+		// The URL only selects the dialect: nothing listens on port 1.
+		res := runCLI(t, nil, "migrate", "sql", "--database-url", "postgres://app@127.0.0.1:1/app",
+			"--schema", "billing", "--direction", "down", "--version", "2")
+		requireCode(t, exitOK, res)
+		require.True(t, strings.HasPrefix(res.stdout, "-- accord migration 002_outbox (down)\n"), res.stdout)
+		require.Contains(t, res.stdout, `"billing"."accord_outbox"`)
+		require.NotContains(t, res.stdout, "001_migration_table")
+	})
+
+	t.Run("FlagBeatsEnvBeatsDefault", func(t *testing.T) {
+		t.Parallel()
+		env := map[string]string{"ACCORD_DATABASE_URL": "sqlite:///nonexistent/dir/app.db", "ACCORD_TABLE_PREFIX": "fromenv_"}
+
+		res := runCLI(t, nil, "migrate", "sql", "--dialect", "sqlite", "--version", "2")
+		requireCode(t, exitOK, res)
+		require.Contains(t, res.stdout, `"accord_outbox"`)
+
+		res = runCLI(t, env, "migrate", "sql", "--version", "2")
+		requireCode(t, exitOK, res)
+		require.Contains(t, res.stdout, `"fromenv_outbox"`)
+
+		res = runCLI(t, env, "migrate", "sql", "--version", "2", "--table-prefix", "fromflag_")
+		requireCode(t, exitOK, res)
+		require.Contains(t, res.stdout, `"fromflag_outbox"`)
+		require.NotContains(t, res.stdout, "fromenv_")
+	})
+}
+
+func TestRelay(t *testing.T) {
+	t.Parallel()
+
+	t.Run("NotMigrated", func(t *testing.T) {
+		t.Parallel()
+		res := runCLI(t, nil, "relay", "--database-url", sqliteURL(t))
+		requireCode(t, exitFailure, res)
+		require.Contains(t, res.stderr, "outbox table does not exist")
+		require.Contains(t, res.stderr, "accord migrate up")
+		require.NotContains(t, res.stderr, "for usage")
+	})
+
+	t.Run("NotMigratedSchema", func(t *testing.T) {
+		t.Parallel()
+		res := runCLI(t, nil, "relay", "--database-url", dbtest.PostgresURL(), "--schema", dbtest.RandomName("t_"))
+		requireCode(t, exitFailure, res)
+		require.Contains(t, res.stderr, "outbox table does not exist")
+	})
+
+	// An event written in a transaction comes out of `accord relay --broker
+	// log` as one JSON line, leaves the outbox, and the relay exits 0 when
+	// its context is cancelled.
+	dbtest.Dialects(t, func(t *testing.T, env dbtest.Env) {
+		ctx := context.Background()
+		ob, err := outbox.New(&outbox.Config{Dialect: env.Dialect, Schema: env.Schema})
+		require.NoError(t, err)
+		msg := outbox.NewMessage([]byte(`{"order_id":"42","total":"9.99"}`))
+		msg.Metadata.Set("event_type", "OrderPlaced")
+		tx, err := env.DB.BeginTx(ctx, nil)
+		require.NoError(t, err)
+		require.NoError(t, ob.WriteTx(ctx, tx, outbox.Event{Topic: "orders.placed", Key: "order-42", Message: msg}))
+		require.NoError(t, tx.Commit())
+
+		args := []string{"relay", "--database-url", env.URL, "--broker", "log", "--log-format", "json", "--poll-interval", "20ms"}
+		if env.Schema != "" {
+			args = append(args, "--schema", env.Schema)
+		}
+		runCtx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		stdout, stderr := newSyncBuffer(), newSyncBuffer()
+		done := make(chan int, 1)
+		go func() { done <- testApp(stdout, stderr, nil).run(runCtx, args) }()
+
+		var line broker.LogLine
+		require.NoError(t, json.Unmarshal([]byte(stdout.waitFor(t, msg.UUID, stderr)), &line))
+		require.Equal(t, msg.UUID, line.UUID)
+		require.Equal(t, "orders.placed", line.Topic)
+		require.NotNil(t, line.Payload)
+		require.Equal(t, string(msg.Payload), *line.Payload)
+		require.Equal(t, "OrderPlaced", line.Metadata["event_type"])
+		require.Equal(t, "order-42", line.Metadata[outbox.MetadataKey])
+
+		cancel()
+		select {
+		case code := <-done:
+			require.Equal(t, exitOK, code, "stderr:\n%s", stderr.String())
+		case <-time.After(testTimeout):
+			require.FailNow(t, "relay did not stop after its context was cancelled", "stderr:\n%s", stderr.String())
+		}
+
+		// Exactly one line, and the published row is gone.
+		require.Equal(t, 1, strings.Count(stdout.String(), "\n"), stdout.String())
+		names, err := sqlstore.NewNames(env.Dialect, env.Schema, outbox.TablePrefixDefault)
+		require.NoError(t, err)
+		var n int
+		require.NoError(t, env.DB.QueryRowContext(ctx, "SELECT count(*) FROM "+names.Outbox()).Scan(&n))
+		require.Zero(t, n)
+
+		// The logs are JSON lines on stderr.
+		sc := bufio.NewScanner(strings.NewReader(stderr.String()))
+		for sc.Scan() {
+			require.True(t, json.Valid(sc.Bytes()), "log line %q", sc.Text())
+		}
+		require.Contains(t, stderr.String(), `"msg":"accord relay starting"`)
+	})
+}

@@ -152,6 +152,10 @@ func (r *Relay) Close() error {
 	return nil
 }
 
+// abandonGrace is how long Run still waits, after ShutdownTimeout, for lanes
+// to leave a Publish call before it returns without them.
+const abandonGrace = time.Second
+
 // item is one row on its way to the broker.
 type item struct {
 	row sqlstore.Row
@@ -195,10 +199,10 @@ func (r *Relay) Run(ctx context.Context) error {
 			r.runLane(hardCtx, in, acks)
 		}(lanes[i])
 	}
-	ackerDone := make(chan struct{})
+	ackerDone, stopAcker := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(ackerDone)
-		r.runAcker(hardCtx, acks)
+		r.runAcker(hardCtx, acks, stopAcker)
 	}()
 	var listenWG sync.WaitGroup
 	if r.cfg.Dialect == accord.Postgres && !r.cfg.DisableNotify {
@@ -220,18 +224,36 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 	lanesDone := make(chan struct{})
 	go func() { lanesWG.Wait(); close(lanesDone) }()
-	timer := time.NewTimer(r.cfg.ShutdownTimeout)
+	deadline := time.NewTimer(r.cfg.ShutdownTimeout)
+	defer deadline.Stop()
+	expired := false
 	select {
 	case <-lanesDone:
-	case <-timer.C:
+	case <-deadline.C:
+		expired = true
 		r.log.Warn("relay shutdown timeout: unpublished rows stay in the outbox for the next run",
 			"timeout", r.cfg.ShutdownTimeout, "in_flight", r.Stats().InFlight)
 		hardCancel()
-		<-lanesDone
+		// A Publish call cannot be interrupted (watermill's Publish takes no
+		// context): a lane blocked in a hung broker is left behind, and its
+		// rows stay in the outbox.
+		select {
+		case <-lanesDone:
+		case <-time.After(abandonGrace):
+			r.log.Warn("relay gave up waiting for a publish call blocked in the broker")
+		}
 	}
-	timer.Stop()
-	close(acks)
-	<-ackerDone
+	close(stopAcker)
+	if expired {
+		<-ackerDone
+	} else {
+		select {
+		case <-ackerDone:
+		case <-deadline.C:
+			hardCancel()
+			<-ackerDone
+		}
+	}
 	listenWG.Wait()
 	st := r.Stats()
 	r.log.Info("relay stopped", "published", st.Published, "deleted", st.Deleted, "failures", st.Failures)
@@ -269,11 +291,13 @@ func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
 		r.mu.Unlock()
 
 		sweep := caughtUp || time.Since(lastSweep) >= r.cfg.SweepInterval
-		after, limit := cursor, r.cfg.BatchSize
+		// Never read more new rows than MaxInFlight leaves room for.
+		room := min(r.cfg.BatchSize, r.cfg.MaxInFlight-nInflight)
+		after, limit := cursor, room
 		if sweep {
 			// Read everything still in the table, so rows committed behind
 			// the cursor are found; skip the ones already on their way.
-			after, limit = 0, r.cfg.BatchSize+nInflight
+			after, limit = 0, room+nInflight
 		}
 		r.mu.Lock()
 		r.reads++
@@ -401,7 +425,13 @@ func (r *Relay) runLane(ctx context.Context, in chan []item, acks chan<- []int64
 				}
 				return
 			}
-			acks <- seqsOf(group)
+			select {
+			case acks <- seqsOf(group):
+			case <-ctx.Done():
+				// Hard stop: published but not deleted; the next run
+				// publishes these rows again (at least once).
+				return
+			}
 		}
 	}
 }
@@ -482,23 +512,33 @@ func toMessage(row *sqlstore.Row) (*message.Message, error) {
 	return msg, nil
 }
 
-// runAcker deletes published rows, many per statement, until acks closes.
-func (r *Relay) runAcker(ctx context.Context, acks <-chan []int64) {
-	for seqs := range acks {
+// runAcker deletes published rows, many per statement, until stop is
+// closed; then it deletes what is left in acks and returns.
+func (r *Relay) runAcker(ctx context.Context, acks <-chan []int64, stop <-chan struct{}) {
+	for {
+		var seqs []int64
+		stopping := false
+		select {
+		case seqs = <-acks:
+		case <-stop:
+			stopping = true
+		}
 		// Take whatever else is ready, to delete with one statement.
 	more:
-		for len(seqs) < 10*r.cfg.BatchSize {
+		for len(seqs) < 10*r.cfg.BatchSize || stopping {
 			select {
-			case s, ok := <-acks:
-				if !ok {
-					break more
-				}
+			case s := <-acks:
 				seqs = append(seqs, s...)
 			default:
 				break more
 			}
 		}
-		r.deleteWithRetry(ctx, seqs)
+		if len(seqs) > 0 {
+			r.deleteWithRetry(ctx, seqs)
+		}
+		if stopping {
+			return
+		}
 	}
 }
 

@@ -397,3 +397,67 @@ func TestOpenTransactionElsewhereDoesNotStall(t *testing.T) {
 	var one int
 	require.NoError(t, tx.QueryRowContext(ctx, "SELECT 1").Scan(&one))
 }
+
+// gatedSink blocks every publish to topic "slow" until gate is closed, like
+// a hung broker.
+type gatedSink struct{ gate chan struct{} }
+
+func (s gatedSink) Publish(topic string, _ ...*message.Message) error {
+	if topic == "slow" {
+		<-s.gate
+	}
+	return nil
+}
+
+func (s gatedSink) Close() error { return nil }
+
+// MaxInFlight bounds the rows read but not deleted, even while a lane is
+// stuck.
+func TestMaxInFlightBound(t *testing.T) {
+	t.Parallel()
+	env := dbtest.PostgresSchema(t)
+	ob := newOutbox(t, env)
+	fast, slow := "", "" // two keys on different lanes of 2
+	for i := 0; fast == "" || slow == ""; i++ {
+		k := fmt.Sprintf("k%d", i)
+		if outbox.Shard(k)%2 == 0 && fast == "" {
+			fast = k
+		} else if outbox.Shard(k)%2 == 1 && slow == "" {
+			slow = k
+		}
+	}
+	writeEvents(t, env, ob, "fast", fast, 1)
+	writeEvents(t, env, ob, "slow", slow, 30)
+	sink := gatedSink{gate: make(chan struct{})}
+	r := startRelay(t, env, sink, &relay.Config{BatchSize: 10, MaxInFlight: 10, Lanes: 2, ShutdownTimeout: time.Second})
+	t.Cleanup(func() { close(sink.gate) }) // runs before the relay's cleanup
+	waitFor(t, 10*time.Second, "the fast row deleted", func() bool { return r.Stats().Deleted == 1 })
+	require.Never(t, func() bool { return r.Stats().InFlight > 10 }, time.Second, 5*time.Millisecond, "more rows in flight than MaxInFlight")
+	require.Equal(t, int64(10), r.Stats().InFlight)
+}
+
+// ShutdownTimeout bounds Run even when a publish call hangs in the broker;
+// the unpublished rows stay in the outbox.
+func TestShutdownTimeoutBoundsHungPublish(t *testing.T) {
+	t.Parallel()
+	env := dbtest.PostgresSchema(t)
+	ob := newOutbox(t, env)
+	writeEvents(t, env, ob, "slow", "k", 5)
+	sink := gatedSink{gate: make(chan struct{})}
+	defer close(sink.gate)
+	r, err := relay.New(env.DB, sink, &relay.Config{Dialect: env.Dialect, Schema: env.Schema, ShutdownTimeout: 500 * time.Millisecond})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- r.Run(ctx) }()
+	<-r.Running()
+	waitFor(t, 10*time.Second, "rows in flight", func() bool { return r.Stats().InFlight == 5 })
+	cancel()
+	select {
+	case err := <-errc:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return 10 s after cancel with ShutdownTimeout 500ms")
+	}
+	require.Equal(t, 5, pending(t, env))
+}

@@ -224,10 +224,7 @@ const MaxErrorLength = 2000
 
 // MarkFailed records a failed publish attempt on a row.
 func (n Names) MarkFailed(ctx context.Context, ex Execer, seq int64, cause error) error {
-	msg := cause.Error()
-	if len(msg) > MaxErrorLength {
-		msg = msg[:MaxErrorLength]
-	}
+	msg := StorableText(cause.Error(), MaxErrorLength)
 	ph := Placeholders(n.Dialect)
 	_, err := ex.ExecContext(ctx, "UPDATE "+n.Outbox()+" SET attempts = attempts + 1, last_error = "+ph(1)+" WHERE seq = "+ph(2), msg, seq)
 	return err

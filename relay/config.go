@@ -6,6 +6,9 @@ import (
 	"log/slog"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/accordgo/accord"
 	"github.com/accordgo/accord/internal/sqlstore"
 	"github.com/accordgo/accord/outbox"
@@ -89,6 +92,18 @@ type Config struct {
 
 	// Logger receives the relay's structured logs. Defaults to slog.Default().
 	Logger *slog.Logger
+
+	// Observer is told about every read, publish call and delete, for
+	// metrics (see package accordprom for Prometheus). Defaults to nil: no
+	// observer.
+	Observer Observer
+
+	// TracerProvider creates the span of each publish call
+	// ("accord.relay publish <topic>"), linked to the trace context each
+	// event's writer stored in its metadata (W3C traceparent). Defaults to
+	// otel.GetTracerProvider(), which does nothing until the application
+	// installs an SDK.
+	TracerProvider trace.TracerProvider
 }
 
 // WithDefaults returns a copy of c with defaults filled in.
@@ -129,6 +144,9 @@ func (c *Config) WithDefaults() *Config {
 	}
 	if out.Logger == nil {
 		out.Logger = slog.Default()
+	}
+	if out.TracerProvider == nil {
+		out.TracerProvider = otel.GetTracerProvider()
 	}
 	return &out
 }

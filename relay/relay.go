@@ -55,6 +55,7 @@ type Relay struct {
 	cfg   *Config
 	names sqlstore.Names
 	log   *slog.Logger
+	obs   Observer
 
 	started atomic.Bool
 	running chan struct{}
@@ -127,6 +128,29 @@ func (r *Relay) Wake() {
 	}
 }
 
+// Backlog is the state of the outbox table.
+type Backlog struct {
+	// Pending is the number of rows not yet published (and deleted).
+	Pending int64
+	// OldestAge is the age of the oldest pending row (zero when empty).
+	OldestAge time.Duration
+}
+
+// Backlog counts the outbox rows still to be published. It runs one
+// aggregate query; call it from a metrics scrape or a health check, not in a
+// hot loop.
+func (r *Relay) Backlog(ctx context.Context) (Backlog, error) {
+	st, err := r.names.Stats(ctx, r.db)
+	if err != nil {
+		return Backlog{}, fmt.Errorf("accord relay: backlog: %w", err)
+	}
+	b := Backlog{Pending: st.Pending}
+	if !st.Oldest.IsZero() {
+		b.OldestAge = max(time.Since(st.Oldest), 0)
+	}
+	return b, nil
+}
+
 // Stats returns the relay's counters.
 func (r *Relay) Stats() Stats {
 	r.mu.Lock()
@@ -194,10 +218,10 @@ func (r *Relay) Run(ctx context.Context) error {
 	for i := range lanes {
 		lanes[i] = make(chan []item, 64)
 		lanesWG.Add(1)
-		go func(in chan []item) {
+		go func(lane int, in chan []item) {
 			defer lanesWG.Done()
-			r.runLane(hardCtx, in, acks)
-		}(lanes[i])
+			r.runLane(hardCtx, lane, in, acks)
+		}(i, lanes[i])
 	}
 	ackerDone, stopAcker := make(chan struct{}), make(chan struct{})
 	go func() {
@@ -303,7 +327,11 @@ func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
 		r.reads++
 		readNo := r.reads
 		r.mu.Unlock()
+		readStart := time.Now()
 		rows, err := r.names.ReadAfter(ctx, r.db, after, limit)
+		if err == nil && r.obs != nil {
+			r.obs.Read(ctx, len(rows), sweep, time.Since(readStart))
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -408,7 +436,7 @@ func (r *Relay) release(seqs []int64) {
 
 // runLane publishes the batches of one lane in order. Consecutive rows with
 // the same topic go out in one Publish call.
-func (r *Relay) runLane(ctx context.Context, in chan []item, acks chan<- []int64) {
+func (r *Relay) runLane(ctx context.Context, lane int, in chan []item, acks chan<- []int64) {
 	for items := range in {
 		for start := 0; start < len(items); {
 			end := start + 1
@@ -417,7 +445,7 @@ func (r *Relay) runLane(ctx context.Context, in chan []item, acks chan<- []int64
 			}
 			group := items[start:end]
 			start = end
-			if !r.publishGroup(ctx, group) {
+			if !r.publishGroup(ctx, lane, group) {
 				// Hard stop: leave the rest of the lane for the next run.
 				r.release(seqsOf(group))
 				for rest := range in {
@@ -438,9 +466,29 @@ func (r *Relay) runLane(ctx context.Context, in chan []item, acks chan<- []int64
 
 // publishGroup publishes rows of one topic, retrying with backoff until the
 // publisher accepts them or ctx ends. It returns false only when ctx ended.
-func (r *Relay) publishGroup(ctx context.Context, group []item) bool {
+func (r *Relay) publishGroup(ctx context.Context, lane int, group []item) bool {
+	var created []time.Time
+	if r.obs != nil {
+		created = make([]time.Time, len(group))
+		for i, it := range group {
+			created[i] = it.row.CreatedAt
+		}
+	}
 	for attempt := 0; ; attempt++ {
-		err := r.publishOnce(ctx, group)
+		start := time.Now()
+		spanCtx, span := r.startPublishSpan(ctx, group, attempt)
+		err := r.publishOnce(spanCtx, group)
+		endSpan(span, err)
+		if r.obs != nil {
+			p := Publication{Topic: group[0].row.Topic, Lane: lane, Messages: len(group), CreatedAt: created,
+				Attempt: attempt + 1, Duration: time.Since(start), Err: err}
+			if err == nil {
+				r.obs.Published(ctx, p)
+			} else {
+				p.RetryIn = r.backoff(attempt)
+				r.obs.PublishFailed(ctx, p)
+			}
+		}
 		if err == nil {
 			r.published.Add(int64(len(group)))
 			if attempt > 0 {
@@ -545,8 +593,12 @@ func (r *Relay) runAcker(ctx context.Context, acks <-chan []int64, stop <-chan s
 func (r *Relay) deleteWithRetry(ctx context.Context, seqs []int64) {
 	for attempt := 0; ; attempt++ {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		start := time.Now()
 		err := r.names.Delete(dctx, r.db, seqs)
 		cancel()
+		if err == nil && r.obs != nil {
+			r.obs.Deleted(ctx, len(seqs), time.Since(start))
+		}
 		if err == nil {
 			r.deleted.Add(int64(len(seqs)))
 			r.mu.Lock()

@@ -379,7 +379,6 @@ func (n Names) InboxAttemptCleanupApplied(ctx context.Context, c InboxConn, cons
 	return c.Exec(ctx, q, consumer, limit)
 }
 
-
 // StorableText makes s storable in any dialect's text column: invalid UTF-8
 // and NUL bytes (which PostgreSQL rejects) become U+FFFD, and the result is
 // cut to at most max bytes at a character boundary.

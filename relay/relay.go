@@ -106,6 +106,7 @@ func New(db *sql.DB, pub message.Publisher, cfg *Config) (*Relay, error) {
 		cfg:        cfg,
 		names:      names,
 		log:        cfg.Logger.With("component", "accord.relay", "table", names.Outbox()),
+		obs:        cfg.Observer,
 		running:    make(chan struct{}),
 		done:       make(chan struct{}),
 		inflight:   map[int64]struct{}{},

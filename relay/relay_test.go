@@ -461,3 +461,70 @@ func TestShutdownTimeoutBoundsHungPublish(t *testing.T) {
 	}
 	require.Equal(t, 5, pending(t, env))
 }
+
+// countingObserver counts what the relay reports.
+type countingObserver struct {
+	relay.ObserverDefaults
+	mu                  sync.Mutex
+	published, failed   int
+	deleted, reads      int
+	lastAttempt, maxLag time.Duration
+}
+
+func (o *countingObserver) Published(_ context.Context, p relay.Publication) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.published += p.Messages
+	for _, c := range p.CreatedAt {
+		o.maxLag = max(o.maxLag, time.Since(c))
+	}
+}
+
+func (o *countingObserver) PublishFailed(_ context.Context, p relay.Publication) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.failed += p.Messages
+	o.lastAttempt = p.RetryIn
+}
+
+func (o *countingObserver) Deleted(_ context.Context, n int, _ time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.deleted += n
+}
+
+func (o *countingObserver) Read(context.Context, int, bool, time.Duration) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.reads++
+}
+
+// The Observer sees every publish, failure, delete and read.
+func TestObserver(t *testing.T) {
+	t.Parallel()
+	env := dbtest.SQLite(t)
+	ob := newOutbox(t, env)
+	sink := newMemSink()
+	var failOnce sync.Once
+	sink.setFail(func(string, []*message.Message) error {
+		var err error
+		failOnce.Do(func() { err = errors.New("first publish fails") })
+		return err
+	})
+	obs := &countingObserver{}
+	r := startRelay(t, env, sink, &relay.Config{Observer: obs})
+	writeEvents(t, env, ob, "t", "k", 20)
+	r.Wake()
+	waitFor(t, 10*time.Second, "deletes observed", func() bool {
+		obs.mu.Lock()
+		defer obs.mu.Unlock()
+		return obs.deleted == 20
+	})
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	require.Equal(t, 20, obs.published)
+	require.Equal(t, 20, obs.failed)
+	require.Positive(t, obs.lastAttempt)
+	require.Positive(t, obs.reads)
+	require.Positive(t, obs.maxLag)
+}

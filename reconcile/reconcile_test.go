@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -63,7 +64,7 @@ type applier struct {
 
 func (a *applier) Publish(topic string, msgs ...*message.Message) error {
 	for _, m := range msgs {
-		key := m.Metadata.Get(outbox.MetadataKey)
+		key := strings.TrimPrefix(m.Metadata.Get(outbox.MetadataKey), "user-")
 		if m.Metadata.Get(reconcile.MetadataTombstone) == "true" {
 			if _, err := a.env.DB.Exec("DELETE FROM "+qualify(a.env, a.table)+" WHERE id = "+ph(a.env.Dialect, 1), key); err != nil {
 				return err
@@ -119,12 +120,12 @@ func TestFindAndRepairDrift(t *testing.T) {
 			upsert(t, src, "users", id, "name-"+id, v)
 			upsert(t, replicaEnv, "users_replica", id, "name-"+id, v)
 		}
-		srcSide, err := reconcile.NewSQLSide(src.DB, reconcile.SQLSideConfig{Dialect: src.Dialect, Schema: src.Schema, Table: "users", KeyColumn: "id", VersionColumn: "version"})
+		srcSide, err := reconcile.NewSQLSide(src.DB, reconcile.SQLSideConfig{Dialect: src.Dialect, Schema: src.Schema, Table: "users", KeyColumn: "id", VersionColumn: "version", KeyPrefix: "user-"})
 		require.NoError(t, err)
 		server := httptest.NewServer(reconcile.Handler(srcSide))
 		defer server.Close()
 		source := reconcile.HTTPSide{BaseURL: server.URL}
-		replica, err := reconcile.NewSQLSide(replicaEnv.DB, reconcile.SQLSideConfig{Dialect: replicaEnv.Dialect, Schema: replicaEnv.Schema, Table: "users_replica", KeyColumn: "id", VersionColumn: "version"})
+		replica, err := reconcile.NewSQLSide(replicaEnv.DB, reconcile.SQLSideConfig{Dialect: replicaEnv.Dialect, Schema: replicaEnv.Schema, Table: "users_replica", KeyColumn: "id", VersionColumn: "version", KeyPrefix: "user-"})
 		require.NoError(t, err)
 
 		rep, err := reconcile.Run(ctx, source, replica, &reconcile.Options{Buckets: 64})
@@ -155,10 +156,10 @@ func TestFindAndRepairDrift(t *testing.T) {
 			}
 			return out
 		}
-		require.Equal(t, []string{"u20", "u21", "u22"}, keys(rep.Missing))
-		require.Equal(t, []string{"u10", "u11", "u30"}, keys(rep.Stale))
-		require.Equal(t, []string{"u12"}, keys(rep.Ahead))
-		require.Equal(t, []string{"ghost"}, keys(rep.Extra))
+		require.Equal(t, []string{"user-u20", "user-u21", "user-u22"}, keys(rep.Missing))
+		require.Equal(t, []string{"user-u10", "user-u11", "user-u30"}, keys(rep.Stale))
+		require.Equal(t, []string{"user-u12"}, keys(rep.Ahead))
+		require.Equal(t, []string{"user-ghost"}, keys(rep.Extra))
 		require.Less(t, rep.KeysCompared, 300, "whole tables were compared instead of mismatched buckets")
 
 		// Repair: re-emit snapshots through the source's outbox and relay.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/accordgo/accord"
 	"github.com/accordgo/accord/internal/sqlstore"
@@ -34,6 +35,10 @@ type SQLSideConfig struct {
 	KeyColumn string
 	// VersionColumn holds the version (an integer). Required.
 	VersionColumn string
+	// KeyPrefix is prepended to every key read from KeyColumn, so that keys
+	// match the partition keys of the events (for example "user-" makes row
+	// 42 the key "user-42"). RowJSON strips it again. Optional.
+	KeyPrefix string
 	// FilterColumn and FilterValue restrict the rows read to
 	// FilterColumn = FilterValue (for example replica = 'users' in the
 	// replica_position table). Optional.
@@ -93,7 +98,7 @@ func (s *SQLSide) scan(ctx context.Context, each func(key string, version int64)
 		if err := rows.Scan(&key, &version); err != nil {
 			return fmt.Errorf("read %s: %w", s.table(), err)
 		}
-		each(key, version.Int64)
+		each(s.cfg.KeyPrefix+key, version.Int64)
 	}
 	return rows.Err()
 }
@@ -126,6 +131,10 @@ func (s *SQLSide) Versions(ctx context.Context, buckets int, which []int) (map[s
 // q, usually a transaction), or found=false. It is what a generic repair
 // re-emits as a snapshot.
 func (s *SQLSide) RowJSON(ctx context.Context, q sqlstore.Querier, key string) (payload []byte, version int64, found bool, err error) {
+	if !strings.HasPrefix(key, s.cfg.KeyPrefix) {
+		return nil, 0, false, nil
+	}
+	key = strings.TrimPrefix(key, s.cfg.KeyPrefix)
 	where := s.names.Quote(s.cfg.KeyColumn) + " = " + sqlstore.Placeholders(s.cfg.Dialect)(1)
 	if s.cfg.Dialect == accord.Postgres {
 		where = s.names.Quote(s.cfg.KeyColumn) + "::text = $1"

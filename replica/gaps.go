@@ -117,7 +117,22 @@ func (r *Replica) RunGapChecker(ctx context.Context, every time.Duration) error 
 // snapshot as an ordinary change with the snapshot's timestamp.
 func (r *Replica) ResyncTx(ctx context.Context, tx *sql.Tx, key string, version int64, snapshot SnapshotFunc) (Outcome, error) {
 	var ns notices
-	o, err := r.resyncTx(ctx, tx, key, version, snapshot, &ns)
+	o, err := r.resyncTx(ctx, tx, key, version, snapshot, false, &ns)
+	if err == nil {
+		r.report(ctx, ns)
+	}
+	return o, err
+}
+
+// RepairTx is [Replica.ResyncTx] for a snapshot re-emitted by
+// reconciliation (package reconcile): the source of truth wins, so the
+// snapshot is applied even when the replica's position is already at or
+// beyond version (a row edited behind the replica's back, or a replica
+// ahead of a restored source), and the position is set to version. It
+// always returns Applied (or an error).
+func (r *Replica) RepairTx(ctx context.Context, tx *sql.Tx, key string, version int64, snapshot SnapshotFunc) (Outcome, error) {
+	var ns notices
+	o, err := r.resyncTx(ctx, tx, key, version, snapshot, true, &ns)
 	if err == nil {
 		r.report(ctx, ns)
 	}
@@ -132,7 +147,7 @@ func (r *Replica) Resync(ctx context.Context, key string, version int64, snapsho
 		return 0, fmt.Errorf("accord replica %s: begin: %w", r.cfg.Name, err)
 	}
 	var ns notices
-	o, err := r.resyncTx(ctx, tx, key, version, snapshot, &ns)
+	o, err := r.resyncTx(ctx, tx, key, version, snapshot, false, &ns)
 	if err != nil {
 		_ = tx.Rollback()
 		return 0, err
@@ -144,7 +159,7 @@ func (r *Replica) Resync(ctx context.Context, key string, version int64, snapsho
 	return o, nil
 }
 
-func (r *Replica) resyncTx(ctx context.Context, tx *sql.Tx, key string, version int64, snapshot SnapshotFunc, ns *notices) (Outcome, error) {
+func (r *Replica) resyncTx(ctx context.Context, tx *sql.Tx, key string, version int64, snapshot SnapshotFunc, force bool, ns *notices) (Outcome, error) {
 	if r.cfg.Mode == ByTimestamp {
 		return 0, fmt.Errorf("accord replica %s: Resync: %w for a ByTimestamp replica (apply the snapshot as a change with its timestamp)",
 			r.cfg.Name, errors.ErrUnsupported)
@@ -159,9 +174,12 @@ func (r *Replica) resyncTx(ctx context.Context, tx *sql.Tx, key string, version 
 	if err != nil {
 		return 0, r.dbErr("lock the position of key "+quote(key), err)
 	}
-	if version <= pos.Version {
+	if version <= pos.Version && !force {
 		r.log.InfoContext(ctx, "snapshot not newer than the replica; ignored", "key", key, "version", version, "position", pos.Version)
 		return Stale, nil
+	}
+	if force && version != pos.Version {
+		r.log.WarnContext(ctx, "repair moves the replica to the source's version", "key", key, "version", version, "position", pos.Version)
 	}
 	if snapshot != nil {
 		if err := snapshot(ctx, tx); err != nil {

@@ -214,6 +214,18 @@ func (r *Replica) Position(ctx context.Context, key string) (version int64, ts t
 	return p.Version, microsTime(p.TSMicros), origin, nil
 }
 
+// PositionTx is [Replica.Position] read through tx, the caller's
+// transaction (on SQLite, whose pool has one connection, reading through
+// the pool inside a transaction would wait for that transaction).
+func (r *Replica) PositionTx(ctx context.Context, tx *sql.Tx, key string) (version int64, ts time.Time, origin string, err error) {
+	p, err := r.names.ReplicaReadPosition(ctx, tx, r.cfg.Name, key)
+	if err != nil {
+		return 0, time.Time{}, "", fmt.Errorf("accord replica %s: read position of key %q: %w", r.cfg.Name, key, err)
+	}
+	origin, _ = decodeOrigin(p.Origin)
+	return p.Version, microsTime(p.TSMicros), origin, nil
+}
+
 // applyTx is ApplyTx, collecting what to report in ns.
 func (r *Replica) applyTx(ctx context.Context, tx *sql.Tx, c Change, ns *notices) (Outcome, error) {
 	if tx == nil {

@@ -7,6 +7,18 @@
 //	                                 NATS JetStream, deduplicated on the message UUID
 //	postgres://... (or postgresql://)
 //	                                 watermill-sql topic tables in PostgreSQL
+//	amqp://user:pass@host:5672/vhost[?consumer_group=g&declare_queue=true] (or amqps://)
+//	                                 RabbitMQ: a durable fanout exchange per topic,
+//	                                 persistent messages, publisher confirms
+//	redis://[user:pass@]host:6379/db[?consumer_group=g&maxlen=n] (or rediss://)
+//	                                 Redis Streams: one stream per topic, consumer groups
+//	kafka://host1:9092,host2:9092[?consumer_group=g&version=v]
+//	                                 Kafka: acks=all, idempotent producer, Kafka key
+//	                                 (and so the partition) = the accord_key
+//
+// The file of each transport (amqp.go, redis.go, kafka.go, nats.go,
+// postgres.go) documents how topics map to the broker's objects and what
+// every query parameter does.
 //
 // It is internal: the library itself takes any message.Publisher, and this
 // package only spares CLI users from writing a program to get one.
@@ -30,7 +42,8 @@ import (
 
 // Schemes lists the broker URL schemes Open understands, for help texts and
 // error messages.
-const Schemes = `gochannel (or "" or inprocess), log (or stdout), nats://, postgres:// (or postgresql://)`
+const Schemes = `gochannel (or "" or inprocess), log (or stdout), nats://, postgres:// (or postgresql://), ` +
+	`amqp:// (or amqps://), redis:// (or rediss://), kafka://`
 
 // ErrUnknownScheme is returned by Open for a URL whose scheme is not one of
 // Schemes. It is a configuration error: retrying cannot succeed.
@@ -126,8 +139,41 @@ func OpenWith(ctx context.Context, rawURL string, logger *slog.Logger, opts *Ope
 		return openNATS(ctx, rawURL, logger, wlog)
 	case "postgres", "postgresql":
 		return openPostgres(ctx, rawURL, wlog)
+	case "amqp", "amqps":
+		return openAMQP(ctx, rawURL, wlog)
+	case "redis", "rediss":
+		return openRedis(ctx, rawURL, wlog)
+	case "kafka":
+		return openKafka(ctx, rawURL, wlog)
 	}
 	return nil, fmt.Errorf("%w %q in %q: supported are %s", ErrUnknownScheme, scheme, RedactURL(rawURL), Schemes)
+}
+
+// within returns what open returns, or ctx's error when ctx ends first. It
+// bounds connection attempts that take no context; a connection that is
+// made after ctx ended is closed with closeLate.
+func within[T any](ctx context.Context, open func() (T, error), closeLate func(T)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := open()
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		return r.v, r.err
+	case <-ctx.Done():
+		go func() {
+			if r := <-done; r.err == nil {
+				closeLate(r.v)
+			}
+		}()
+		var zero T
+		return zero, ctx.Err()
+	}
 }
 
 // RedactURL returns u with secrets replaced by "xxxxx": passwords, NATS

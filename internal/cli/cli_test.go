@@ -7,6 +7,11 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -15,6 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/accordgo/accord"
@@ -23,6 +31,7 @@ import (
 	"github.com/accordgo/accord/internal/sqlstore"
 	"github.com/accordgo/accord/migrate"
 	"github.com/accordgo/accord/outbox"
+	"github.com/accordgo/accord/relay"
 )
 
 // testTimeout bounds every wait in these tests.
@@ -145,7 +154,9 @@ func TestUsageErrors(t *testing.T) {
 	}{
 		{"RelayWithoutDatabaseURL", nil, []string{"relay"}, "--database-url is required (or set ACCORD_DATABASE_URL)"},
 		{"RelayUnknownDialect", nil, []string{"relay", "--database-url", "redis://x"}, `database URL scheme "redis"`},
-		{"RelayUnknownBroker", nil, []string{"relay", "--database-url", migrated, "--broker", "kafka://k:9092"}, "supported are gochannel"},
+		{"RelayUnknownBroker", nil, []string{"relay", "--database-url", migrated, "--broker", "mqtt://k:1883"}, "supported are gochannel"},
+		{"RelayInvalidKafkaURL", nil, []string{"relay", "--database-url", migrated, "--broker", "kafka://k:9092?acks=1"}, `unknown query parameter "acks"`},
+		{"RelayInvalidRabbitMQURL", nil, []string{"relay", "--database-url", migrated, "--broker", "amqp://guest:hunter2@rabbit:5672/?declare_queue=maybe"}, "declare_queue"},
 		{"RelayInvalidBrokerURL", nil, []string{"relay", "--database-url", migrated, "--broker", "nats://127.0.0.1:4222?subject_prefix=a..b"}, "subject_prefix"},
 		{"RelayInvalidConfig", nil, []string{"relay", "--database-url", migrated, "--lanes", "5000"}, "accord relay: invalid config: Lanes 5000"},
 		{"RelaySchemaOnSQLite", nil, []string{"relay", "--database-url", migrated, "--schema", "app"}, "sqlite has no schemas"},
@@ -153,6 +164,8 @@ func TestUsageErrors(t *testing.T) {
 		{"RelayBadLogFormat", nil, []string{"relay", "--database-url", migrated, "--log-format", "xml"}, `--log-format "xml"`},
 		{"RelayBadLogLevelFromEnv", map[string]string{"ACCORD_LOG_LEVEL": "loud"}, []string{"relay", "--database-url", migrated}, `--log-level "loud"`},
 		{"RelayBadLanesFromEnv", map[string]string{"ACCORD_LANES": "many"}, []string{"relay"}, `ACCORD_LANES="many" (for --lanes)`},
+		{"RelayBadHTTPAddr", nil, []string{"relay", "--database-url", migrated, "--http-addr", "9464"}, `--http-addr "9464": address 9464: missing port in address`},
+		{"RelayBadHTTPAddrFromEnv", map[string]string{"ACCORD_HTTP_ADDR": "localhost"}, []string{"relay", "--database-url", migrated}, `--http-addr "localhost"`},
 		{"RelayUnknownFlag", nil, []string{"relay", "--lane", "3"}, "unknown flag: --lane"},
 		{"RelayArgument", nil, []string{"relay", "now"}, `unknown command "now"`},
 		{"UnknownCommand", nil, []string{"publish"}, `unknown command "publish" for "accord"`},
@@ -372,7 +385,7 @@ func TestRelay(t *testing.T) {
 
 	t.Run("NotMigrated", func(t *testing.T) {
 		t.Parallel()
-		res := runCLI(t, nil, "relay", "--database-url", sqliteURL(t))
+		res := runCLI(t, nil, "relay", "--database-url", sqliteURL(t), "--http-addr", "127.0.0.1:0")
 		requireCode(t, exitFailure, res)
 		require.Contains(t, res.stderr, "outbox table does not exist")
 		require.Contains(t, res.stderr, "accord migrate up")
@@ -381,7 +394,7 @@ func TestRelay(t *testing.T) {
 
 	t.Run("NotMigratedSchema", func(t *testing.T) {
 		t.Parallel()
-		res := runCLI(t, nil, "relay", "--database-url", dbtest.PostgresURL(), "--schema", dbtest.RandomName("t_"))
+		res := runCLI(t, nil, "relay", "--database-url", dbtest.PostgresURL(), "--schema", dbtest.RandomName("t_"), "--http-addr", "off")
 		requireCode(t, exitFailure, res)
 		require.Contains(t, res.stderr, "outbox table does not exist")
 	})
@@ -400,7 +413,8 @@ func TestRelay(t *testing.T) {
 		require.NoError(t, ob.WriteTx(ctx, tx, outbox.Event{Topic: "orders.placed", Key: "order-42", Message: msg}))
 		require.NoError(t, tx.Commit())
 
-		args := []string{"relay", "--database-url", env.URL, "--broker", "log", "--log-format", "json", "--poll-interval", "20ms"}
+		args := []string{"relay", "--database-url", env.URL, "--broker", "log", "--log-format", "json", "--poll-interval", "20ms",
+			"--http-addr", "127.0.0.1:0"} // the default port would clash between parallel tests
 		if env.Schema != "" {
 			args = append(args, "--schema", env.Schema)
 		}
@@ -441,5 +455,200 @@ func TestRelay(t *testing.T) {
 			require.True(t, json.Valid(sc.Bytes()), "log line %q", sc.Text())
 		}
 		require.Contains(t, stderr.String(), `"msg":"accord relay starting"`)
+	})
+}
+
+// eventually checks cond every few milliseconds until it holds, failing t
+// after testTimeout.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.NewTimer(testTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			require.FailNow(t, "timed out waiting for "+what)
+		}
+	}
+}
+
+// httpGet returns the status code and body of GET url.
+func httpGet(t *testing.T, url string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, string(body)
+}
+
+// `accord relay --http-addr` serves Prometheus metrics, /healthz and
+// /readyz while it runs, and stops serving once the relay stopped.
+func TestRelayHTTP(t *testing.T) {
+	t.Parallel()
+	env := dbtest.SQLite(t)
+	ctx := context.Background()
+	ob, err := outbox.New(&outbox.Config{Dialect: env.Dialect})
+	require.NoError(t, err)
+	msg := outbox.NewMessage([]byte(`{"order_id":"42"}`))
+	tx, err := env.DB.BeginTx(ctx, nil)
+	require.NoError(t, err)
+	require.NoError(t, ob.WriteTx(ctx, tx, outbox.Event{Topic: "orders.placed", Key: "order-42", Message: msg}))
+	require.NoError(t, tx.Commit())
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stdout, stderr := newSyncBuffer(), newSyncBuffer()
+	done := make(chan int, 1)
+	go func() {
+		done <- testApp(stdout, stderr, nil).run(runCtx, []string{"relay", "--database-url", env.URL, "--broker", "log",
+			"--log-format", "json", "--poll-interval", "20ms", "--http-addr", "127.0.0.1:0"})
+	}()
+
+	// Port 0: the system chose the port, and the log tells which.
+	var serving struct {
+		Addr  string `json:"addr"`
+		Paths string `json:"paths"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(stderr.waitFor(t, `"msg":"accord relay serving HTTP"`, stdout)), &serving))
+	require.Regexp(t, `^127\.0\.0\.1:\d+$`, serving.Addr)
+	require.Equal(t, "/metrics /healthz /readyz", serving.Paths)
+	base := "http://" + serving.Addr
+
+	code, body := httpGet(t, base+"/healthz")
+	require.Equal(t, http.StatusOK, code, body)
+	require.Equal(t, "ok\n", body)
+	eventually(t, "/readyz to answer 200", func() bool {
+		code, _ := httpGet(t, base+"/readyz")
+		return code == http.StatusOK
+	})
+	stdout.waitFor(t, msg.UUID, stderr)
+
+	var metrics string
+	eventually(t, "the published event in /metrics", func() bool {
+		code, metrics = httpGet(t, base+"/metrics")
+		require.Equal(t, http.StatusOK, code, metrics)
+		return strings.Contains(metrics, "\naccord_relay_deleted_rows_total 1\n")
+	})
+	for _, want := range []string{
+		"\naccord_relay_published_messages_total{topic=\"orders.placed\"} 1\n",
+		"\naccord_relay_publish_errors_total{topic=\"orders.placed\"} 0\n",
+		"\naccord_relay_write_to_publish_seconds_count 1\n",
+		"\naccord_relay_backlog_rows 0\n",
+		"\naccord_relay_oldest_pending_age_seconds 0\n",
+		"\naccord_relay_in_flight_rows 0\n",
+		"\ngo_goroutines ",
+		"\nprocess_cpu_seconds_total ",
+		"\ngo_sql_max_open_connections{db_name=\"accord\"} 1\n",
+	} {
+		require.True(t, strings.Contains(metrics, want), "/metrics lacks %q", want)
+	}
+
+	cancel()
+	select {
+	case code := <-done:
+		require.Equal(t, exitOK, code, "stderr:\n%s", stderr.String())
+	case <-time.After(testTimeout):
+		require.FailNow(t, "relay did not stop after its context was cancelled", "stderr:\n%s", stderr.String())
+	}
+	// The server stopped with the relay.
+	_, err = http.Get(base + "/healthz")
+	require.Error(t, err)
+}
+
+// The handlers answer what the relay is doing: alive but not ready before
+// Run, ready while it runs, not ready when the database does not answer
+// or a stop was asked for, and neither once Run returned.
+func TestRelayHTTP_Handlers(t *testing.T) {
+	t.Parallel()
+	env := dbtest.SQLite(t)
+	logger := slog.New(slog.DiscardHandler)
+	r, err := relay.New(env.DB, gochannel.NewGoChannel(gochannel.Config{}, watermill.NopLogger{}),
+		&relay.Config{Dialect: env.Dialect, Logger: logger})
+	require.NoError(t, err)
+	closedDB, _, err := accord.OpenDB(env.URL)
+	require.NoError(t, err)
+	require.NoError(t, closedDB.Close())
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	reg := prometheus.NewRegistry()
+	h := newRelayHTTP(ctx, r, env.DB, reg, reg, logger)
+	dead := newRelayHTTP(ctx, r, closedDB, reg, nil, logger)
+	get := func(h *relayHTTP, path string) string {
+		rec := httptest.NewRecorder()
+		h.srv.Handler.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+		return fmt.Sprintf("%d %s", rec.Code, strings.TrimSpace(rec.Body.String()))
+	}
+
+	require.Equal(t, "200 ok", get(h, "/healthz"))
+	require.Equal(t, "503 relay not running yet (waiting for the database?)", get(h, "/readyz"))
+
+	errc := make(chan error, 1)
+	go func() { errc <- r.Run(ctx) }()
+	select {
+	case <-r.Running():
+	case err := <-errc:
+		require.FailNow(t, "relay stopped at start", "%v", err)
+	case <-time.After(testTimeout):
+		require.FailNow(t, "relay did not start")
+	}
+	require.Equal(t, "200 ok", get(h, "/healthz"))
+	require.Equal(t, "200 ok", get(h, "/readyz"))
+	require.Equal(t, "503 database ping failed: sql: database is closed", get(dead, "/readyz"))
+	require.Equal(t, "200 ok", get(dead, "/healthz"))
+	require.True(t, strings.HasPrefix(get(h, "/metrics"), "200 "))
+	rec := httptest.NewRecorder()
+	h.srv.Handler.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/healthz", nil))
+	require.Equal(t, http.StatusMethodNotAllowed, rec.Code)
+
+	cancel()
+	require.Equal(t, "503 relay stopping", get(h, "/readyz"))
+	require.NoError(t, <-errc)
+	h.stop()
+	h.stop() // idempotent
+	require.Equal(t, "503 relay stopped", get(h, "/healthz"))
+	require.Equal(t, "503 relay stopped", get(h, "/readyz"))
+}
+
+// --http-addr off (here from the environment) runs the relay without the
+// HTTP server; an address in use fails the command.
+func TestRelayHTTP_OffAndInUse(t *testing.T) {
+	t.Parallel()
+
+	t.Run("Off", func(t *testing.T) {
+		t.Parallel()
+		runCtx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		stdout, stderr := newSyncBuffer(), newSyncBuffer()
+		done := make(chan int, 1)
+		go func() {
+			done <- testApp(stdout, stderr, map[string]string{"ACCORD_HTTP_ADDR": "off"}).run(runCtx,
+				[]string{"relay", "--database-url", dbtest.SQLite(t).URL})
+		}()
+		stderr.waitFor(t, "relay started", stdout)
+		cancel()
+		select {
+		case code := <-done:
+			require.Equal(t, exitOK, code, "stderr:\n%s", stderr.String())
+		case <-time.After(testTimeout):
+			require.FailNow(t, "relay did not stop")
+		}
+		require.NotContains(t, stderr.String(), "serving HTTP")
+	})
+
+	t.Run("InUse", func(t *testing.T) {
+		t.Parallel()
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		require.NoError(t, err)
+		defer ln.Close()
+		res := runCLI(t, nil, "relay", "--database-url", dbtest.SQLite(t).URL, "--http-addr", ln.Addr().String())
+		requireCode(t, exitFailure, res)
+		require.Contains(t, res.stderr, "--http-addr "+ln.Addr().String()+": listen tcp")
+		require.Contains(t, res.stderr, "address already in use (use --http-addr off to run without the HTTP server)")
 	})
 }

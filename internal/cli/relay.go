@@ -2,16 +2,40 @@ package cli
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
 	"github.com/accordgo/accord"
+	"github.com/accordgo/accord/accordprom"
 	"github.com/accordgo/accord/internal/broker"
 	"github.com/accordgo/accord/relay"
 )
+
+// httpAddrDefault is where `accord relay` serves /metrics, /healthz and
+// /readyz unless told otherwise. The loopback address keeps the endpoints
+// private until an operator opens them (":9464" in a container).
+const httpAddrDefault = "127.0.0.1:9464"
+
+// httpAddrOff turns the HTTP server off (as does an empty --http-addr).
+const httpAddrOff = "off"
+
+// readyzPingTimeout bounds the database ping of /readyz.
+const readyzPingTimeout = time.Second
+
+// httpShutdownTimeout bounds the graceful shutdown of the HTTP server.
+const httpShutdownTimeout = 5 * time.Second
 
 type relayFlags struct {
 	db              dbFlags
@@ -21,6 +45,7 @@ type relayFlags struct {
 	batchSize       int
 	pollInterval    time.Duration
 	shutdownTimeout time.Duration
+	httpAddr        string
 }
 
 func (a *app) newRelayCmd() *cobra.Command {
@@ -44,19 +69,47 @@ Brokers (--broker):
                              message UUID (Nats-Msg-Id)
   postgres://...             watermill-sql topic tables (watermill_<topic>) in
                              that database, for broker-less setups
+  amqp://user:pass@host:5672/vhost[?declare_queue=true&consumer_group=g]
+                             RabbitMQ (amqps:// for TLS): durable fanout
+                             exchange <topic>, persistent messages, publisher
+                             confirms; with declare_queue=true the relay also
+                             declares and binds the queue <topic>_<g> (g
+                             defaults to accord), otherwise messages sent
+                             while no queue is bound are dropped by RabbitMQ
+  redis://[user:pass@]host:6379/db[?maxlen=n]
+                             Redis Streams (rediss:// for TLS): stream <topic>,
+                             trimmed to about n entries when maxlen is set
+  kafka://host1:9092,host2:9092[?version=2.1.0]
+                             Kafka: acks=all, idempotent producer, Kafka key =
+                             accord_key so each key stays on one partition;
+                             create the topics first; no SASL/TLS
+
+HTTP (--http-addr, "off" disables it):
+  /metrics                   Prometheus metrics: accord_relay_* (published
+                             messages, errors, latency, backlog), go_*,
+                             process_* and go_sql_* (the database pool); see
+                             docs/operations.md
+  /healthz                   200 while the relay runs (or starts), 503 once
+                             it stopped
+  /readyz                    200 when the relay is running and the database
+                             answers a ping within 1s, else 503 and the reason
 
 Exit codes: 0 after a graceful stop; 1 when the relay fails, for example
 because the outbox table does not exist (run 'accord migrate up' with the same
---schema and --table-prefix); 2 for invalid flags or configuration.
+--schema and --table-prefix) or --http-addr is in use; 2 for invalid flags or
+configuration.
 
 ` + settingsHelp,
 		Example: `  accord relay --database-url sqlite:///var/lib/app/app.db
-  ACCORD_DATABASE_URL=postgres://app@db:5432/app accord relay --broker nats://nats:4222 --log-format json`,
+  ACCORD_DATABASE_URL=postgres://app@db:5432/app accord relay --broker nats://nats:4222 --log-format json
+  accord relay --database-url "$DATABASE_URL" --broker 'amqp://app:secret@rabbitmq:5672/prod?declare_queue=true&consumer_group=billing'
+  accord relay --database-url "$DATABASE_URL" --broker kafka://kafka-1:9092,kafka-2:9092`,
 		Args: cobra.NoArgs,
 	}
 	f.db.register(cmd, databaseURLHelp+" (required)")
 	fs := cmd.Flags()
-	fs.StringVar(&f.broker, "broker", "log", "broker URL: log, gochannel, nats://host:4222[?subject_prefix=p] or postgres://...")
+	fs.StringVar(&f.broker, "broker", "log", "broker URL: log, gochannel, nats://host:4222[?subject_prefix=p], postgres://..., "+
+		"amqp://user:pass@host:5672/vhost, redis://host:6379/0 or kafka://host1:9092,host2:9092")
 	bindEnv(cmd, "broker", "ACCORD_BROKER")
 	fs.IntVar(&f.lanes, "lanes", relay.LanesDefault, fmt.Sprintf("ordered lanes publishing concurrently (1-%d)", relay.LanesMax))
 	bindEnv(cmd, "lanes", "ACCORD_LANES")
@@ -67,6 +120,8 @@ because the outbox table does not exist (run 'accord migrate up' with the same
 	bindEnv(cmd, "poll-interval", "ACCORD_POLL_INTERVAL")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", relay.ShutdownTimeoutDefault, "how long to keep publishing rows already read after a stop signal")
 	bindEnv(cmd, "shutdown-timeout", "ACCORD_SHUTDOWN_TIMEOUT")
+	fs.StringVar(&f.httpAddr, "http-addr", httpAddrDefault, `host:port of the HTTP server for /metrics, /healthz and /readyz; "off" disables it`)
+	bindEnv(cmd, "http-addr", "ACCORD_HTTP_ADDR")
 	f.log.register(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		return a.runRelay(cmd.Context(), &f)
@@ -88,6 +143,12 @@ func (a *app) runRelay(ctx context.Context, f *relayFlags) error {
 		return usageErrorf("--lanes and --batch-size must be at least 1, --poll-interval at least 0 and --shutdown-timeout positive (got %d, %d, %s, %s)",
 			f.lanes, f.batchSize, f.pollInterval, f.shutdownTimeout)
 	}
+	httpOn := f.httpAddr != "" && f.httpAddr != httpAddrOff
+	if httpOn {
+		if _, _, err := net.SplitHostPort(f.httpAddr); err != nil {
+			return usageErrorf("--http-addr %q: %w (want host:port, or %q to disable the HTTP server)", f.httpAddr, err, httpAddrOff)
+		}
+	}
 	db, dialect, err := accord.OpenDB(f.db.url)
 	if err != nil {
 		return usageErrorf("--database-url: %w", err)
@@ -103,6 +164,27 @@ func (a *app) runRelay(ctx context.Context, f *relayFlags) error {
 	}
 	defer b.Close() // after a failure; the normal path closes it below
 
+	var (
+		reg     *prometheus.Registry
+		metrics *accordprom.RelayMetrics
+		obs     relay.Observer
+	)
+	if httpOn {
+		reg = prometheus.NewRegistry()
+		if err := reg.Register(collectors.NewGoCollector()); err != nil {
+			return err
+		}
+		if err := reg.Register(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})); err != nil {
+			return err
+		}
+		if err := reg.Register(collectors.NewDBStatsCollector(db, "accord")); err != nil {
+			return err
+		}
+		if metrics, err = accordprom.NewRelayMetrics(reg, nil); err != nil {
+			return err
+		}
+		obs = metrics
+	}
 	r, err := relay.New(db, b.Publisher, &relay.Config{
 		Dialect:         dialect,
 		Schema:          f.db.schema,
@@ -112,12 +194,23 @@ func (a *app) runRelay(ctx context.Context, f *relayFlags) error {
 		PollInterval:    f.pollInterval,
 		ShutdownTimeout: f.shutdownTimeout,
 		Logger:          logger,
+		Observer:        obs,
 	})
 	if err != nil {
 		if errors.Is(err, relay.ErrInvalidConfig) {
 			return usageError(err)
 		}
 		return err
+	}
+	var srv *relayHTTP
+	if httpOn {
+		if err := metrics.Track(r); err != nil {
+			return err
+		}
+		if srv, err = startRelayHTTP(ctx, f.httpAddr, r, db, reg, logger); err != nil {
+			return err
+		}
+		defer srv.stop() // after a failure; the normal path stops it below
 	}
 	logger.InfoContext(ctx, "accord relay starting", "database", broker.RedactURL(f.db.url), "dialect", dialect,
 		"schema", f.db.schema, "table_prefix", f.db.tablePrefix, "broker", b.Name)
@@ -126,8 +219,126 @@ func (a *app) runRelay(ctx context.Context, f *relayFlags) error {
 		// Stopped while still waiting for the database: a graceful stop.
 		runErr = nil
 	}
+	if srv != nil {
+		srv.stop()
+	}
 	if err := b.Close(); err != nil {
 		return errors.Join(runErr, fmt.Errorf("close broker %s: %w", b.Name, err))
 	}
 	return runErr
+}
+
+// relayHTTP is the HTTP server of `accord relay`: Prometheus metrics and
+// health checks.
+type relayHTTP struct {
+	r   *relay.Relay
+	db  *sql.DB
+	ctx context.Context // the relay's: done once a stop was asked for
+	log *slog.Logger
+
+	srv      *http.Server
+	served   chan struct{} // closed when Serve returned; nil before startRelayHTTP
+	stopped  chan struct{} // closed when the relay's Run returned
+	stopOnce sync.Once
+}
+
+// newRelayHTTP returns the handlers of the relay's HTTP server; it serves
+// nothing until startRelayHTTP.
+func newRelayHTTP(ctx context.Context, r *relay.Relay, db *sql.DB, g prometheus.Gatherer, reg prometheus.Registerer, logger *slog.Logger) *relayHTTP {
+	h := &relayHTTP{r: r, db: db, ctx: ctx, log: logger, stopped: make(chan struct{})}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{
+		ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelError),
+		Registry: reg, // promhttp_metric_handler_errors_total
+	}))
+	mux.HandleFunc("GET /healthz", h.healthz)
+	mux.HandleFunc("GET /readyz", h.readyz)
+	h.srv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	return h
+}
+
+// startRelayHTTP listens on addr and serves the relay's metrics and health
+// checks until stop. It logs the address it listens on (the port chosen by
+// the system for port 0).
+func startRelayHTTP(ctx context.Context, addr string, r *relay.Relay, db *sql.DB, reg *prometheus.Registry, logger *slog.Logger) (*relayHTTP, error) {
+	h := newRelayHTTP(ctx, r, db, reg, reg, logger)
+	ln, err := (&net.ListenConfig{}).Listen(context.WithoutCancel(ctx), "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--http-addr %s: %w (use --http-addr %s to run without the HTTP server)", addr, err, httpAddrOff)
+	}
+	h.served = make(chan struct{})
+	go func() {
+		defer close(h.served)
+		if err := h.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("accord relay HTTP server failed; metrics and health checks are unavailable", "error", err)
+		}
+	}()
+	logger.InfoContext(ctx, "accord relay serving HTTP", "addr", ln.Addr().String(), "paths", "/metrics /healthz /readyz")
+	return h, nil
+}
+
+// stop marks the relay as stopped and shuts the server down, letting
+// requests in progress finish for at most httpShutdownTimeout. It is
+// idempotent.
+func (h *relayHTTP) stop() {
+	h.stopOnce.Do(func() {
+		close(h.stopped)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(h.ctx), httpShutdownTimeout)
+		defer cancel()
+		if err := h.srv.Shutdown(ctx); err != nil {
+			h.log.Warn("accord relay HTTP server did not shut down gracefully", "error", err)
+			_ = h.srv.Close()
+		}
+		if h.served != nil {
+			<-h.served
+		}
+	})
+}
+
+// healthz answers 200 while the relay's Run has not returned.
+func (h *relayHTTP) healthz(w http.ResponseWriter, _ *http.Request) {
+	select {
+	case <-h.stopped:
+		http.Error(w, "relay stopped", http.StatusServiceUnavailable)
+		return
+	default:
+	}
+	_, _ = fmt.Fprintln(w, "ok")
+}
+
+// readyz answers 200 when the relay is running and the database answers a
+// ping within readyzPingTimeout, else 503 with the reason.
+func (h *relayHTTP) readyz(w http.ResponseWriter, req *http.Request) {
+	if reason := h.notReady(req.Context()); reason != "" {
+		http.Error(w, reason, http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = fmt.Fprintln(w, "ok")
+}
+
+// notReady returns why the relay is not ready, or "".
+func (h *relayHTTP) notReady(ctx context.Context) string {
+	select {
+	case <-h.stopped:
+		return "relay stopped"
+	default:
+	}
+	if h.ctx.Err() != nil {
+		return "relay stopping"
+	}
+	select {
+	case <-h.r.Running():
+	default:
+		return "relay not running yet (waiting for the database?)"
+	}
+	ctx, cancel := context.WithTimeout(ctx, readyzPingTimeout)
+	defer cancel()
+	if err := h.db.PingContext(ctx); err != nil {
+		return "database ping failed: " + strings.TrimSpace(err.Error())
+	}
+	return ""
 }

@@ -38,6 +38,30 @@ func MySQLURL() string {
 // NATSURLDefault is used when ACCORD_TEST_NATS_URL is not set.
 const NATSURLDefault = "nats://127.0.0.1:4222"
 
+// RabbitMQURLDefault is used when ACCORD_TEST_AMQP_URL is not set.
+const RabbitMQURLDefault = "amqp://guest:guest@127.0.0.1:5672/"
+
+// RedisURLDefault is used when ACCORD_TEST_REDIS_URL is not set.
+const RedisURLDefault = "redis://127.0.0.1:6379/0"
+
+// RabbitMQURL returns the URL of the test RabbitMQ server (an AMQP 0-9-1
+// URL without query parameters).
+func RabbitMQURL() string {
+	if u := os.Getenv("ACCORD_TEST_AMQP_URL"); u != "" {
+		return u
+	}
+	return RabbitMQURLDefault
+}
+
+// RedisURL returns the URL of the test Redis server (5.0 or later, for
+// streams; a URL without query parameters).
+func RedisURL() string {
+	if u := os.Getenv("ACCORD_TEST_REDIS_URL"); u != "" {
+		return u
+	}
+	return RedisURLDefault
+}
+
 // PostgresURL returns the URL of the test PostgreSQL database.
 func PostgresURL() string {
 	if u := os.Getenv("ACCORD_TEST_DATABASE_URL"); u != "" {

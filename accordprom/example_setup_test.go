@@ -1,0 +1,66 @@
+package accordprom_test
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/accordgo/accord"
+	"github.com/accordgo/accord/migrate"
+)
+
+// openExampleDB opens a new, migrated SQLite database in a temporary
+// directory. The returned function closes it and removes the directory.
+func openExampleDB() (*sql.DB, func()) {
+	dir, err := os.MkdirTemp("", "accordprom-example-")
+	if err != nil {
+		panic(err)
+	}
+	db, dialect, err := accord.OpenDB("sqlite://" + filepath.Join(dir, "app.db"))
+	if err != nil {
+		panic(err)
+	}
+	m, err := migrate.New(db, &migrate.Config{Dialect: dialect})
+	if err != nil {
+		panic(err)
+	}
+	if _, err := m.Migrate(context.Background(), migrate.Up, nil); err != nil {
+		panic(err)
+	}
+	return db, func() {
+		_ = db.Close()
+		_ = os.RemoveAll(dir)
+	}
+}
+
+// scrape gets url as Prometheus does and prints the samples of the
+// metrics named (exactly, or as a histogram's _count), sorted as served.
+func scrape(url string, names ...string) {
+	resp, err := http.Get(url)
+	if err != nil {
+		panic(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.HasPrefix(line, "#") {
+			continue
+		}
+		name, _, _ := strings.Cut(line, " ")
+		name, _, _ = strings.Cut(name, "{")
+		for _, n := range names {
+			if name == n {
+				fmt.Println(line)
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		panic(err)
+	}
+}

@@ -4,7 +4,8 @@
 #   scripts/test.sh                      go vet, then every test with -race
 #   scripts/test.sh -run TestQuickstart  extra arguments are go test flags
 #
-# The tests need PostgreSQL, MariaDB (or MySQL) and NATS with JetStream. The
+# The tests need PostgreSQL, MariaDB (or MySQL), NATS with JetStream, Redis and
+# RabbitMQ. For the first three, the
 # script uses the ones at ACCORD_TEST_DATABASE_URL, ACCORD_TEST_MYSQL_URL and
 # ACCORD_TEST_NATS_URL when they answer. When those variables are unset and
 # nothing answers at the defaults, it starts the machine's own servers, or
@@ -306,6 +307,47 @@ if ! nats_ok; then
 	fi
 fi
 say "NATS: $ACCORD_TEST_NATS_URL ($nats_used)"
+
+# --------------------------------------------------------- Redis and RabbitMQ
+# The broker tests also use Redis (streams) and RabbitMQ. They are started
+# with the machine's own commands when they do not answer; there is no
+# throwaway fallback for them (install the Debian packages redis-server and
+# rabbitmq-server, or point ACCORD_TEST_REDIS_URL / ACCORD_TEST_AMQP_URL at
+# servers).
+export ACCORD_TEST_REDIS_URL="${ACCORD_TEST_REDIS_URL:-redis://127.0.0.1:6379/0}"
+export ACCORD_TEST_AMQP_URL="${ACCORD_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/}"
+
+redis_ok() { tcp_open $(hostport "$ACCORD_TEST_REDIS_URL"); }
+amqp_ok() { tcp_open $(hostport "$ACCORD_TEST_AMQP_URL"); }
+
+redis_used="already running"
+if ! redis_ok; then
+	command -v redis-server >/dev/null ||
+		die "Redis is not reachable at $ACCORD_TEST_REDIS_URL and redis-server is not installed.
+  Install the Debian package redis-server (apt-get install redis-server) and rerun,
+  or set ACCORD_TEST_REDIS_URL to a Redis 5+ server."
+	say "starting the machine's Redis server"
+	mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+	redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+		--dir /var/lib/redis --logfile /var/log/redis/ci.log >&2 || true
+	wait_for "Redis at $ACCORD_TEST_REDIS_URL" redis_ok || die "Redis did not start; see /var/log/redis/ci.log"
+	redis_used="machine's server, started by this script (left running)"
+fi
+say "Redis: $ACCORD_TEST_REDIS_URL ($redis_used)"
+
+amqp_used="already running"
+if ! amqp_ok; then
+	command -v rabbitmq-server >/dev/null ||
+		die "RabbitMQ is not reachable at $(redact "$ACCORD_TEST_AMQP_URL") and rabbitmq-server is not installed.
+  Install the Debian package rabbitmq-server (apt-get install rabbitmq-server) and rerun,
+  or set ACCORD_TEST_AMQP_URL to a RabbitMQ server."
+	say "starting the machine's RabbitMQ server (this takes a few seconds)"
+	rabbitmq-server -detached >&2 || true
+	for _ in $(seq 1 60); do amqp_ok && break; sleep 1; done
+	amqp_ok || die "RabbitMQ did not start within 60 s; see /var/log/rabbitmq/"
+	amqp_used="machine's server, started by this script (left running)"
+fi
+say "RabbitMQ: $(redact "$ACCORD_TEST_AMQP_URL") ($amqp_used)"
 
 # --------------------------------------------------------------------- tests
 

@@ -73,6 +73,7 @@ type PermanentError struct {
 	Err error
 }
 
+// Error implements error.
 func (e *PermanentError) Error() string { return "permanent: " + e.Err.Error() }
 
 // Unwrap returns the wrapped error.
@@ -112,6 +113,7 @@ type ServerError struct {
 	Message string
 }
 
+// Error implements error.
 func (e *ServerError) Error() string {
 	if e.Code != "" {
 		return fmt.Sprintf("accord feed: server answered %d %s: %s", e.StatusCode, e.Code, e.Message)

@@ -442,7 +442,7 @@ func (t *trouble) forwardedIDs() []string {
 // handling.
 type note struct {
 	who      string // "inbox", a replica's name, "puller", "snapshot"
-	outcome  string // inbox: applied, duplicate, failed, dead_lettered; replica: applied, gap, stale, resync; puller: page; snapshot: see applySnapshot
+	outcome  string // inbox: applied, duplicate, failed, dead_lettered; replica: applied, gap, stale, resync; puller: page; snapshot: rewritten, tombstone
 	key      string
 	version  int64
 	position int64 // replica: the key's position before; puller: the page's last feed position

@@ -26,6 +26,7 @@ package main
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"flag"
 	"fmt"
@@ -222,14 +223,16 @@ func (x *demo) setup(ctx context.Context) error {
 		Mode: replica.ByVersion, Logger: x.logger, Observer: replicaObserver{x.j}}, o.writeProfile); err != nil {
 		return err
 	}
-	ordersSide, err := reconcile.NewSQLSide(odb.DB, reconcile.SQLSideConfig{Dialect: odb.dialect, Schema: odb.schema,
-		Table: "orders", KeyColumn: "id", VersionColumn: "version"})
-	if err != nil {
+	// Reconcile compares (key, version) pairs; KeyPrefix makes row 2 the key
+	// "order-2", the partition key of its events, so that drifted keys can be
+	// repaired through the outbox as they are.
+	if o.side, err = reconcile.NewSQLSide(odb.DB, reconcile.SQLSideConfig{Dialect: odb.dialect, Schema: odb.schema,
+		Table: "orders", KeyColumn: "id", VersionColumn: "version", KeyPrefix: "order-"}); err != nil {
 		return err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/feeds/orders", o.feed.Handler())
-	mux.Handle("/reconcile/", http.StripPrefix("/reconcile", reconcile.Handler(ordersSide)))
+	mux.Handle("/reconcile/", http.StripPrefix("/reconcile", reconcile.Handler(o.side)))
 	url, stop, err := serve(mux, x.logger)
 	if err != nil {
 		return err
@@ -267,13 +270,12 @@ func (x *demo) setup(ctx context.Context) error {
 	if x.cursor, err = feed.NewPuller(udb.DB, u.fetcher, u.pullerCfg, u.applyOrderEvent); err != nil {
 		return err
 	}
-	usersSide, err := reconcile.NewSQLSide(udb.DB, reconcile.SQLSideConfig{Dialect: udb.dialect, Schema: udb.schema,
-		Table: "users", KeyColumn: "id", VersionColumn: "version"})
-	if err != nil {
+	if u.side, err = reconcile.NewSQLSide(udb.DB, reconcile.SQLSideConfig{Dialect: udb.dialect, Schema: udb.schema,
+		Table: "users", KeyColumn: "id", VersionColumn: "version", KeyPrefix: "user-"}); err != nil {
 		return err
 	}
 	mux = http.NewServeMux()
-	mux.Handle("/reconcile/", http.StripPrefix("/reconcile", reconcile.Handler(usersSide)))
+	mux.Handle("/reconcile/", http.StripPrefix("/reconcile", reconcile.Handler(u.side)))
 	if u.url, stop, err = serve(mux, x.logger); err != nil {
 		return err
 	}
@@ -714,34 +716,43 @@ func (x *demo) drift(ctx context.Context) error {
 	x.say("inject: in the user service's database: order 1 set to cancelled, 0.00, at version 9")
 
 	profilesSide, err := reconcile.NewSQLSide(o.db.DB, reconcile.SQLSideConfig{Dialect: o.db.dialect, Schema: o.db.schema,
-		Table: "user_profiles", KeyColumn: "id", VersionColumn: "version"})
+		Table: "user_profiles", KeyColumn: "id", VersionColumn: "version", KeyPrefix: "user-"})
 	if err != nil {
 		return err
 	}
 	summariesSide, err := reconcile.NewSQLSide(u.db.DB, reconcile.SQLSideConfig{Dialect: u.db.dialect, Schema: u.db.schema,
-		Table: "order_summaries", KeyColumn: "order_id", VersionColumn: "version"})
+		Table: "order_summaries", KeyColumn: "order_id", VersionColumn: "version", KeyPrefix: "order-"})
 	if err != nil {
 		return err
 	}
 	usersSource := reconcile.HTTPSide{BaseURL: u.url + "/reconcile"} // digests computed by the user service
 	ordersSource := reconcile.HTTPSide{BaseURL: o.url + "/reconcile"}
 	opts := &reconcile.Options{Buckets: reconcileBuckets}
+	// A snapshot is the source's row as JSON (RowJSON, which strips the
+	// key prefix again): the columns of users and orders are the fields of
+	// their events' payloads.
+	loadUser := func(ctx context.Context, tx *sql.Tx, key string) ([]byte, int64, bool, error) {
+		return u.side.RowJSON(ctx, tx, key)
+	}
+	loadOrder := func(ctx context.Context, tx *sql.Tx, key string) ([]byte, int64, bool, error) {
+		return o.side.RowJSON(ctx, tx, key)
+	}
 
 	mark := x.j.mark()
 	for _, r := range []struct {
 		what            string
 		source, replica reconcile.Side
 		want            string
-		prefix, topic   string
+		topic           string
 		emitter         *reconcile.SnapshotEmitter
 		count           *int
 		relay           *relay.Relay
 		owner           string
 	}{
-		{"users → user_profiles", usersSource, profilesSide, "missing [3] stale [2] ahead [] extra [99]", "user-", usersTopic,
-			&reconcile.SnapshotEmitter{DB: u.db.DB, Outbox: u.ob, Topic: usersTopic, Load: u.loadUser}, &x.driftUsers, u.relay, "user service"},
-		{"orders → order_summaries", ordersSource, summariesSide, "missing [] stale [] ahead [1] extra []", "order-", ordersTopic,
-			&reconcile.SnapshotEmitter{DB: o.db.DB, Outbox: o.ob, Topic: ordersTopic, Load: o.loadOrder}, &x.driftOrders, o.relay, "order service"},
+		{"users → user_profiles", usersSource, profilesSide, "missing [user-3] stale [user-2] ahead [] extra [user-99]", usersTopic,
+			&reconcile.SnapshotEmitter{DB: u.db.DB, Outbox: u.ob, Topic: usersTopic, Load: loadUser}, &x.driftUsers, u.relay, "user service"},
+		{"orders → order_summaries", ordersSource, summariesSide, "missing [] stale [] ahead [order-1] extra []", ordersTopic,
+			&reconcile.SnapshotEmitter{DB: o.db.DB, Outbox: o.ob, Topic: ordersTopic, Load: loadOrder}, &x.driftOrders, o.relay, "order service"},
 	} {
 		rep, err := reconcile.Run(ctx, r.source, r.replica, opts)
 		if err != nil {
@@ -754,19 +765,15 @@ func (x *demo) drift(ctx context.Context) error {
 			ds   []reconcile.KeyDrift
 		}{{"missing", rep.Missing}, {"stale", rep.Stale}, {"ahead", rep.Ahead}, {"extra", rep.Extra}} {
 			for _, d := range set.ds {
-				x.say("  %-7s %s%s (source version %d, replica version %d)", set.name, r.prefix, d.Key, d.SourceVersion, d.ReplicaVersion)
+				x.say("  %-7s %s (source version %d, replica version %d)", set.name, d.Key, d.SourceVersion, d.ReplicaVersion)
 			}
 		}
 		if got := driftSummary(rep); got != r.want {
 			return fmt.Errorf("reconcile %s found %s, want %s", r.what, got, r.want)
 		}
-		// The report's keys are the table's ids; the events' keys are
-		// "user-<id>" / "order-<id>", so that a repair goes through the same
-		// relay lane, in order, as the key's own changes.
+		// The report's keys are the events' partition keys, so a repair goes
+		// through the same relay lane, in order, as the key's own changes.
 		keys := rep.DriftedKeys()
-		for i := range keys {
-			keys[i] = r.prefix + keys[i]
-		}
 		if err := r.emitter.Repair(ctx, keys); err != nil {
 			return err
 		}
@@ -794,14 +801,9 @@ func (x *demo) drift(ctx context.Context) error {
 	}
 	var handled []string
 	for _, n := range x.j.since(mark, func(n note) bool { return n.who == "snapshot" }) {
-		var h string
-		switch n.outcome {
-		case "tombstone":
+		h := fmt.Sprintf("%s rewritten at version %d", n.key, n.version)
+		if n.outcome == "tombstone" {
 			h = n.key + " deleted (tombstone)"
-		case "rewritten":
-			h = fmt.Sprintf("%s rewritten at version %d", n.key, n.version)
-		default:
-			h = fmt.Sprintf("%s %s (version %d, position %d)", n.key, n.outcome, n.version, n.position)
 		}
 		if !slices.Contains(handled, h) { // a retried transaction notes it again
 			handled = append(handled, h)

@@ -76,8 +76,9 @@ type userService struct {
 	puller     *feed.Puller
 	pullerDone chan struct{}
 
-	url string   // its HTTP API: /reconcile/ (digests of users)
-	j   *journal // what its consumer decided
+	side *reconcile.SQLSide // users as reconcile sees them, keys "user-<id>"
+	url  string             // its HTTP API: /reconcile/ (digests of users)
+	j    *journal           // what its consumer decided
 }
 
 var usersDDL = []string{
@@ -128,26 +129,6 @@ func (u *userService) saveUser(ctx context.Context, id int64, change func(*user)
 	return cur, msg.UUID, nil
 }
 
-// loadUser is the snapshot loader of reconcile's repair: the user's current
-// state as a users.changed payload, read in the repair's transaction.
-func (u *userService) loadUser(ctx context.Context, tx *sql.Tx, key string) ([]byte, int64, bool, error) {
-	id, err := keyID(key, "user-")
-	if err != nil {
-		return nil, 0, false, err
-	}
-	cur := user{ID: id}
-	err = tx.QueryRowContext(ctx, u.db.q("SELECT name, email, tier, version FROM {users} WHERE id = ?"), id).
-		Scan(&cur.Name, &cur.Email, &cur.Tier, &cur.Version)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, 0, false, nil
-	}
-	if err != nil {
-		return nil, 0, false, err
-	}
-	payload, err := json.Marshal(cur)
-	return payload, cur.Version, true, err
-}
-
 // applyOrderEvent is the puller's handler: one feed event, applied to
 // order_summaries in the transaction that also moves the puller's cursor.
 func (u *userService) applyOrderEvent(ctx context.Context, tx *sql.Tx, ev feed.Event) error {
@@ -160,7 +141,7 @@ func (u *userService) applyOrderEvent(ctx context.Context, tx *sql.Tx, ev feed.E
 		return feed.Permanent(err)
 	}
 	if msg.Metadata.Get(reconcile.MetadataSnapshot) == "true" {
-		return applySnapshot(ctx, tx, u.j, u.db, u.summaries, c, msg.Metadata.Get(reconcile.MetadataTombstone) == "true",
+		return applySnapshot(ctx, tx, u.j, u.summaries, c, msg.Metadata.Get(reconcile.MetadataTombstone) == "true",
 			u.writeSummary, u.deleteSummary)
 	}
 	_, err = u.summaries.ApplyTx(ctx, tx, c)
@@ -245,8 +226,9 @@ type orderService struct {
 	routerDone chan struct{}
 	wlog       watermill.LoggerAdapter
 
-	url string   // its HTTP API: /feeds/orders and /reconcile/ (digests of orders)
-	j   *journal // what its consumer decided
+	side *reconcile.SQLSide // orders as reconcile sees them, keys "order-<id>"
+	url  string             // its HTTP API: /feeds/orders and /reconcile/ (digests of orders)
+	j    *journal           // what its consumer decided
 }
 
 var ordersDDL = []string{
@@ -296,25 +278,6 @@ func (o *orderService) saveOrder(ctx context.Context, id int64, change func(*ord
 	return cur, msg.UUID, nil
 }
 
-// loadOrder is the snapshot loader of reconcile's repair.
-func (o *orderService) loadOrder(ctx context.Context, tx *sql.Tx, key string) ([]byte, int64, bool, error) {
-	id, err := keyID(key, "order-")
-	if err != nil {
-		return nil, 0, false, err
-	}
-	cur := order{ID: id}
-	err = tx.QueryRowContext(ctx, o.db.q("SELECT user_id, total_cents, status, version FROM {orders} WHERE id = ?"), id).
-		Scan(&cur.UserID, &cur.TotalCents, &cur.Status, &cur.Version)
-	if errors.Is(err, sql.ErrNoRows) {
-		return nil, 0, false, nil
-	}
-	if err != nil {
-		return nil, 0, false, err
-	}
-	payload, err := json.Marshal(cur)
-	return payload, cur.Version, true, err
-}
-
 // applyUserMessage is the consumer's handler, run by the inbox in the
 // transaction that records the message id: users.changed applied to
 // user_profiles, once per message and only forward.
@@ -324,7 +287,7 @@ func (o *orderService) applyUserMessage(ctx context.Context, tx *sql.Tx, msg *me
 		return inbox.Permanent(err) // no key or a malformed version: dead letter at once
 	}
 	if msg.Metadata.Get(reconcile.MetadataSnapshot) == "true" {
-		return applySnapshot(ctx, tx, o.j, o.db, o.profiles, c, msg.Metadata.Get(reconcile.MetadataTombstone) == "true",
+		return applySnapshot(ctx, tx, o.j, o.profiles, c, msg.Metadata.Get(reconcile.MetadataTombstone) == "true",
 			o.writeProfile, o.deleteProfile)
 	}
 	_, err = o.profiles.ApplyTx(ctx, tx, c) // applied, gap or stale: commit and acknowledge
@@ -402,37 +365,32 @@ func (o *orderService) stopConsumer() {
 // of one key at its current version, or a tombstone for a key the producer
 // does not have.
 //
-// A snapshot newer than the replica's position goes through
-// Replica.ResyncTx. A snapshot at exactly the replica's position is the case
-// drift produces: the replica applied that version, but its row was changed
-// behind its back; ResyncTx ignores it (it never rewrites the version a
-// replica holds), so the row is rewritten here. An older snapshot is
-// ignored: a newer change arrived since it was taken.
-func applySnapshot(ctx context.Context, tx *sql.Tx, j *journal, d *database, r *replica.Replica, c replica.Change, tombstone bool,
+// The source of truth wins: Replica.RepairTx rewrites the row and sets the
+// replica's position to the snapshot's version, even when the position is
+// already there or beyond. That is what drift produces: the replica applied
+// that version, and then its row was changed behind its back. (ResyncTx is
+// for snapshots that move a replica forward; it would skip these.) A
+// snapshot travels the same per-key lane as the key's changes (same
+// partition key, same relay, same feed), so it never overtakes them.
+//
+// A tombstone deletes the row. It carries no version (a replica position
+// cannot be set to 0), so the key's position stays where it was.
+func applySnapshot(ctx context.Context, tx *sql.Tx, j *journal, r *replica.Replica, c replica.Change, tombstone bool,
 	write replica.ApplyFunc, remove func(context.Context, *sql.Tx, string) error,
 ) error {
 	if tombstone {
+		if err := remove(ctx, tx, c.Key); err != nil {
+			return err
+		}
 		j.add(note{who: "snapshot", outcome: "tombstone", key: c.Key, msgID: c.Message.UUID})
-		return remove(ctx, tx, c.Key)
-	}
-	outcome, err := r.ResyncTx(ctx, tx, c.Key, c.Version, func(ctx context.Context, tx *sql.Tx) error { return write(ctx, tx, c) })
-	if err != nil || outcome == replica.Applied {
-		return err
-	}
-	// Replica has no in-transaction Position (Replica.Position reads
-	// through the pool, which on SQLite's single connection would wait for
-	// this very transaction), so read the position row ResyncTx just locked.
-	var pos int64
-	err = tx.QueryRowContext(ctx, d.q("SELECT version FROM {accord_replica_position} WHERE replica = ? AND entity_key = ?"), r.Name(), c.Key).Scan(&pos)
-	if err != nil && !errors.Is(err, sql.ErrNoRows) {
-		return err
-	}
-	if pos != c.Version {
-		j.add(note{who: "snapshot", outcome: "older", key: c.Key, version: c.Version, position: pos, msgID: c.Message.UUID})
 		return nil
 	}
-	j.add(note{who: "snapshot", outcome: "rewritten", key: c.Key, version: c.Version, position: pos, msgID: c.Message.UUID})
-	return write(ctx, tx, c)
+	_, err := r.RepairTx(ctx, tx, c.Key, c.Version, func(ctx context.Context, tx *sql.Tx) error { return write(ctx, tx, c) })
+	if err != nil {
+		return err
+	}
+	j.add(note{who: "snapshot", outcome: "rewritten", key: c.Key, version: c.Version, msgID: c.Message.UUID})
+	return nil
 }
 
 // ---------------------------------------------------------------------------

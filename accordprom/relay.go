@@ -105,6 +105,7 @@ type RelayMetrics struct {
 	readDuration    *prometheus.HistogramVec // {kind}
 	deletedRows     prometheus.Counter       //
 	deleteDuration  prometheus.Histogram     //
+	deadLettered    *prometheus.CounterVec   // {topic} or {}
 
 	mu      sync.Mutex
 	tracked bool
@@ -171,6 +172,10 @@ func NewRelayMetrics(reg prometheus.Registerer, opts *RelayMetricsOpts) (*RelayM
 			Help:    "Duration of each delete of published rows.",
 			Buckets: opts.DurationBuckets,
 		}),
+		deadLettered: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Subsystem: "relay", Name: "dead_lettered_rows_total",
+			Help: "Rows moved to the dead letters after DeadLetterAfter failed publish attempts.",
+		}, topic),
 	}
 	for _, o := range []string{"ok", "error"} {
 		m.publishDuration.WithLabelValues(o)
@@ -182,9 +187,10 @@ func NewRelayMetrics(reg prometheus.Registerer, opts *RelayMetricsOpts) (*RelayM
 	if opts.DisableTopicLabel {
 		m.published.WithLabelValues()
 		m.publishErrors.WithLabelValues()
+		m.deadLettered.WithLabelValues()
 	}
 	if err := register(reg, m.published, m.publishErrors, m.publishRetries, m.publishDuration, m.writeToPublish,
-		m.readRows, m.readDuration, m.deletedRows, m.deleteDuration); err != nil {
+		m.readRows, m.readDuration, m.deletedRows, m.deleteDuration, m.deadLettered); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -229,6 +235,11 @@ func (m *RelayMetrics) PublishFailed(_ context.Context, p relay.Publication) {
 	if p.Attempt > 1 {
 		m.publishRetries.Inc()
 	}
+}
+
+// DeadLettered counts a row moved to the dead letters.
+func (m *RelayMetrics) DeadLettered(_ context.Context, p relay.Publication) {
+	m.counter(m.deadLettered, p.Topic).Inc()
 }
 
 // Deleted counts deleted rows and observes the delete's duration.

@@ -41,6 +41,7 @@ func ExampleMigrator_Migrate() {
 	// applied 003 inbox
 	// applied 004 replica
 	// applied 005 feed
+	// applied 006 outbox_dead
 	// second run applied 0
 	// validate: <nil>
 }

@@ -173,6 +173,7 @@ var versionTables = map[int][]string{
 	3: {"inbox", "inbox_attempt", "dead_letter"},
 	4: {"replica_position", "replica_parked"},
 	5: {"feed", "feed_cursor"},
+	6: {"outbox_dead"},
 }
 
 // requireTables checks that exactly the tables of the applied versions
@@ -220,11 +221,12 @@ var (
 	v3 = versionName{3, "inbox"}
 	v4 = versionName{4, "replica"}
 	v5 = versionName{5, "feed"}
+	v6 = versionName{6, "outbox_dead"}
 
 	// allVersions is every migration, oldest first.
-	allVersions = []versionName{v1, v2, v3, v4, v5}
+	allVersions = []versionName{v1, v2, v3, v4, v5, v6}
 	// allDown is every migration, newest first, as Down reverts them.
-	allDown = []versionName{v5, v4, v3, v2, v1}
+	allDown = []versionName{v6, v5, v4, v3, v2, v1}
 )
 
 // fileName is how errors and printed SQL name a migration.
@@ -295,7 +297,7 @@ func TestMigrator_UpListValidate(t *testing.T) {
 			require.True(t, s.AppliedAt.Before(time.Now().Add(time.Minute)), "version %d applied at %v", s.Version, s.AppliedAt)
 		}
 		require.NoError(t, m.Validate(ctx))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5)
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
 
 		// A second Up has nothing to do.
 		res, err = m.Migrate(ctx, migrate.Up, nil)
@@ -317,20 +319,20 @@ func TestMigrator_DownAndRoundTrip(t *testing.T) {
 		res, err := m.Migrate(ctx, migrate.Down, nil)
 		require.NoError(t, err)
 		require.Equal(t, migrate.Down, res.Direction)
-		require.Equal(t, []versionName{v5}, resultVersions(res))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4)
-		require.Equal(t, []int{1, 2, 3, 4}, appliedVersions(t, m))
+		require.Equal(t, []versionName{v6}, resultVersions(res))
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5)
+		require.Equal(t, []int{1, 2, 3, 4, 5}, appliedVersions(t, m))
 		err = m.Validate(ctx)
 		require.ErrorIs(t, err, migrate.ErrNotMigrated)
-		require.ErrorContains(t, err, v5.fileName())
-		for _, v := range []versionName{v1, v2, v3, v4} {
+		require.ErrorContains(t, err, v6.fileName())
+		for _, v := range []versionName{v1, v2, v3, v4, v5} {
 			require.NotContains(t, err.Error(), v.fileName())
 		}
 
 		// Up again applies only what is missing.
 		res, err = m.Migrate(ctx, migrate.Up, nil)
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v5}, resultVersions(res))
+		require.Equal(t, []versionName{v6}, resultVersions(res))
 		require.NoError(t, m.Validate(ctx))
 
 		// Down with MaxSteps -1 removes everything, version table included.
@@ -351,7 +353,7 @@ func TestMigrator_DownAndRoundTrip(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, allVersions, resultVersions(res))
 		require.NoError(t, m.Validate(ctx))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5)
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
 	})
 }
 
@@ -366,7 +368,7 @@ func TestMigrator_DownMaxStepsAndTarget(t *testing.T) {
 		// Down to target 1 keeps 001.
 		res, err := m.Migrate(ctx, migrate.Down, &migrate.MigrateOpts{TargetVersion: 1})
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v5, v4, v3, v2}, resultVersions(res))
+		require.Equal(t, []versionName{v6, v5, v4, v3, v2}, resultVersions(res))
 		require.Equal(t, []int{1}, appliedVersions(t, m))
 		requireTables(t, fx, "accord_", 1)
 
@@ -376,14 +378,14 @@ func TestMigrator_DownMaxStepsAndTarget(t *testing.T) {
 		// MaxSteps 2 reverts the two newest.
 		res, err = m.Migrate(ctx, migrate.Down, &migrate.MigrateOpts{MaxSteps: 2})
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v5, v4}, resultVersions(res))
-		require.Equal(t, []int{1, 2, 3}, appliedVersions(t, m))
-		requireTables(t, fx, "accord_", 1, 2, 3)
+		require.Equal(t, []versionName{v6, v5}, resultVersions(res))
+		require.Equal(t, []int{1, 2, 3, 4}, appliedVersions(t, m))
+		requireTables(t, fx, "accord_", 1, 2, 3, 4)
 
 		// MaxSteps as large as what is left reverts the rest.
-		res, err = m.Migrate(ctx, migrate.Down, &migrate.MigrateOpts{MaxSteps: 3})
+		res, err = m.Migrate(ctx, migrate.Down, &migrate.MigrateOpts{MaxSteps: 4})
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v3, v2, v1}, resultVersions(res))
+		require.Equal(t, []versionName{v4, v3, v2, v1}, resultVersions(res))
 		requireTables(t, fx, "accord_")
 	})
 }
@@ -416,8 +418,8 @@ func TestMigrator_DryRun(t *testing.T) {
 		for i := range all {
 			require.Equal(t, all[len(all)-1-i].SQLDown, res.Versions[i].SQL)
 		}
-		require.Equal(t, []int{1, 2, 3, 4, 5}, appliedVersions(t, m))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5)
+		require.Equal(t, []int{1, 2, 3, 4, 5, 6}, appliedVersions(t, m))
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
 		require.NoError(t, m.Validate(ctx))
 	})
 }
@@ -435,7 +437,7 @@ func TestMigrator_UpTargetVersionAndMaxSteps(t *testing.T) {
 		requireTables(t, fx, "accord_", 1)
 		err = m.Validate(ctx)
 		require.ErrorIs(t, err, migrate.ErrNotMigrated)
-		for _, v := range []versionName{v2, v3, v4, v5} {
+		for _, v := range []versionName{v2, v3, v4, v5, v6} {
 			require.ErrorContains(t, err, v.fileName())
 		}
 		require.NotContains(t, err.Error(), v1.fileName())
@@ -453,7 +455,7 @@ func TestMigrator_UpTargetVersionAndMaxSteps(t *testing.T) {
 
 		res, err = m.Migrate(ctx, migrate.Up, nil)
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v4, v5}, resultVersions(res))
+		require.Equal(t, []versionName{v4, v5, v6}, resultVersions(res))
 		require.NoError(t, m.Validate(ctx))
 	})
 	t.Run("MaxSteps", func(t *testing.T) {
@@ -473,7 +475,7 @@ func TestMigrator_UpTargetVersionAndMaxSteps(t *testing.T) {
 		// MaxSteps larger than what is left applies the rest.
 		res, err = m.Migrate(ctx, migrate.Up, &migrate.MigrateOpts{MaxSteps: 10})
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v5}, resultVersions(res))
+		require.Equal(t, []versionName{v5, v6}, resultVersions(res))
 		require.NoError(t, m.Validate(ctx))
 	})
 }
@@ -602,7 +604,7 @@ func TestMigrator_ConcurrentUpPostgres(t *testing.T) {
 				return
 			}
 			require.NoError(t, m.Validate(ctx))
-			requireTables(t, fx, "accord_", 1, 2, 3, 4, 5)
+			requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
 			var rows, triggers int
 			require.NoError(t, fx.DB.QueryRowContext(ctx,
 				"SELECT count(*) FROM "+fx.table("accord_migration")).Scan(&rows))
@@ -685,7 +687,7 @@ func TestMigrator_ConcurrentMySQL(t *testing.T) {
 			if dir == "up" {
 				require.False(t, schemaExists(t, fx))
 			} else {
-				requireTables(t, fx, "accord_", 1, 2, 3, 4, 5)
+				requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
 			}
 			require.NoError(t, lock.QueryRowContext(ctx, "SELECT RELEASE_LOCK(?)", mysqlLockName).Scan(&got))
 			require.Equal(t, int64(1), got.Int64, "release the migration lock")
@@ -702,7 +704,7 @@ func TestMigrator_ConcurrentMySQL(t *testing.T) {
 				return
 			}
 			require.NoError(t, m.Validate(ctx))
-			requireTables(t, fx, "accord_", 1, 2, 3, 4, 5)
+			requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
 			var rows int
 			require.NoError(t, fx.DB.QueryRowContext(ctx,
 				"SELECT count(*) FROM "+fx.table("accord_migration")).Scan(&rows))
@@ -793,7 +795,7 @@ func TestMigrator_SQL(t *testing.T) {
 		only2, err := m.SQL(migrate.Up, 2)
 		require.NoError(t, err)
 		require.Contains(t, only2, "002_outbox (up)")
-		for _, v := range []versionName{v1, v3, v4, v5} {
+		for _, v := range []versionName{v1, v3, v4, v5, v6} {
 			require.NotContains(t, only2, v.fileName())
 		}
 
@@ -808,8 +810,8 @@ func TestMigrator_SQL(t *testing.T) {
 		_, err = fx.DB.ExecContext(ctx, up)
 		require.NoError(t, err)
 		require.NoError(t, m.Validate(ctx))
-		require.Equal(t, []int{1, 2, 3, 4, 5}, appliedVersions(t, m))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5)
+		require.Equal(t, []int{1, 2, 3, 4, 5, 6}, appliedVersions(t, m))
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
 		res, err := m.Migrate(ctx, migrate.Up, nil)
 		require.NoError(t, err)
 		require.Empty(t, res.Versions)
@@ -864,7 +866,7 @@ func TestMigrator_SQLMySQLNeedsMultiStatements(t *testing.T) {
 	_, err = db.ExecContext(ctx, up)
 	require.NoError(t, err)
 	require.NoError(t, m.Validate(ctx))
-	requireTables(t, fx, "accord_", 1, 2, 3, 4, 5)
+	requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
 
 	// A failure in a later statement of a script is reported, not lost in
 	// the multi-statement results: the version row is the last statement of
@@ -986,7 +988,7 @@ func TestMigrator_LongestTablePrefix(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, allVersions, resultVersions(res))
 		require.NoError(t, m.Validate(ctx))
-		requireTables(t, fx, prefix, 1, 2, 3, 4, 5)
+		requireTables(t, fx, prefix, 1, 2, 3, 4, 5, 6)
 
 		ob, err := outbox.New(&outbox.Config{Dialect: fx.Dialect, Schema: fx.Schema, TablePrefix: prefix})
 		require.NoError(t, err)
@@ -1026,7 +1028,7 @@ func TestMigrator_CustomTablePrefix(t *testing.T) {
 		res, err := m.Migrate(ctx, migrate.Up, nil)
 		require.NoError(t, err)
 		require.Equal(t, allVersions, resultVersions(res))
-		requireTables(t, fx, "svc_", 1, 2, 3, 4, 5)
+		requireTables(t, fx, "svc_", 1, 2, 3, 4, 5, 6)
 		requireTables(t, fx, "accord_")
 		require.NoError(t, m.Validate(ctx))
 
@@ -1051,13 +1053,13 @@ func TestMigrator_CustomTablePrefix(t *testing.T) {
 		_, err = other.Migrate(ctx, migrate.Up, nil)
 		require.NoError(t, err)
 		require.NoError(t, other.Validate(ctx))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5)
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
 
 		// Down with the prefix removes the prefixed tables only.
 		_, err = m.Migrate(ctx, migrate.Down, &migrate.MigrateOpts{MaxSteps: -1})
 		require.NoError(t, err)
 		requireTables(t, fx, "svc_")
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5)
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
 	})
 }
 
@@ -1136,7 +1138,7 @@ func TestMigrator_ApplyFailureMidMigration(t *testing.T) {
 		}
 		res, err := m.Migrate(ctx, migrate.Up, nil)
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v3, v4, v5}, resultVersions(res))
+		require.Equal(t, []versionName{v3, v4, v5, v6}, resultVersions(res))
 		require.NoError(t, m.Validate(ctx))
 	})
 }

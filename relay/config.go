@@ -28,6 +28,19 @@ const (
 	ShutdownTimeoutDefault = 10 * time.Second
 )
 
+// DeadLetterPolicy is what the relay does with the later rows of a key
+// whose row went to the dead letters.
+type DeadLetterPolicy int
+
+const (
+	// ParkKey holds the key's later rows back until the dead letter is
+	// requeued (it then goes out first) or dropped: order per key holds.
+	ParkKey DeadLetterPolicy = iota
+	// SkipKey publishes the key's later rows: the key keeps flowing, out of
+	// order with the dead letter if it is requeued later.
+	SkipKey
+)
+
 // ErrInvalidConfig wraps every configuration problem reported by [New].
 var ErrInvalidConfig = errors.New("accord relay: invalid config")
 
@@ -89,6 +102,21 @@ type Config struct {
 	// published by then stay in the outbox and are published by the next
 	// relay. Defaults to ShutdownTimeoutDefault (10 s).
 	ShutdownTimeout time.Duration
+
+	// DeadLetterAfter moves a row to the dead letters (table
+	// <prefix>outbox_dead) after that many failed publish attempts, with its
+	// last error and attempt count; `accord outbox dead list|requeue|drop`
+	// and outbox.Outbox's dead-letter methods manage them. A failing publish
+	// call of several rows is first split into single rows, so only the row
+	// that fails is moved. Defaults to 0: never, rows are retried until they
+	// succeed (their lane waits).
+	DeadLetterAfter int
+
+	// DeadLetterPolicy says what happens to the later rows of a
+	// dead-lettered row's key: ParkKey (the default) holds them back until
+	// the dead letter is requeued or dropped, so order per key holds;
+	// SkipKey publishes them, giving up order for that key.
+	DeadLetterPolicy DeadLetterPolicy
 
 	// Logger receives the relay's structured logs. Defaults to slog.Default().
 	Logger *slog.Logger
@@ -173,6 +201,12 @@ func (c *Config) validate() error {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("%s %s: must not be negative", d.name, d.v))
 		}
+	}
+	if c.DeadLetterAfter < 0 {
+		errs = append(errs, fmt.Errorf("DeadLetterAfter %d: must be 0 (never) or positive", c.DeadLetterAfter))
+	}
+	if c.DeadLetterPolicy != ParkKey && c.DeadLetterPolicy != SkipKey {
+		errs = append(errs, fmt.Errorf("DeadLetterPolicy %d: must be ParkKey or SkipKey", c.DeadLetterPolicy))
 	}
 	if c.RetryBackoffMax < c.RetryBackoffMin {
 		errs = append(errs, fmt.Errorf("RetryBackoffMax %s: must be at least RetryBackoffMin (%s)", c.RetryBackoffMax, c.RetryBackoffMin))

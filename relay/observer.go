@@ -16,6 +16,9 @@ type Observer interface {
 	// PublishFailed is called after a failed Publish call that will be
 	// retried after p.RetryIn.
 	PublishFailed(ctx context.Context, p Publication)
+	// DeadLettered is called after a row that failed DeadLetterAfter times
+	// was moved to the dead letters (p.Err is its last error).
+	DeadLettered(ctx context.Context, p Publication)
 	// Deleted is called after published rows were deleted.
 	Deleted(ctx context.Context, rows int, d time.Duration)
 	// Read is called after each read of the outbox table.
@@ -51,6 +54,9 @@ func (ObserverDefaults) Published(context.Context, Publication) {}
 
 // PublishFailed does nothing.
 func (ObserverDefaults) PublishFailed(context.Context, Publication) {}
+
+// DeadLettered does nothing.
+func (ObserverDefaults) DeadLettered(context.Context, Publication) {}
 
 // Deleted does nothing.
 func (ObserverDefaults) Deleted(context.Context, int, time.Duration) {}

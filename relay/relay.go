@@ -44,6 +44,8 @@ type Stats struct {
 	Failures int64
 	// InFlight is the number of rows read but not yet deleted.
 	InFlight int64
+	// DeadLettered counts rows moved to the dead letters.
+	DeadLettered int64
 }
 
 // Relay publishes committed outbox rows through a watermill Publisher and
@@ -74,7 +76,7 @@ type Relay struct {
 
 	wake chan struct{}
 
-	published, deleted, failures atomic.Int64
+	published, deleted, failures, deadLettered atomic.Int64
 }
 
 // New returns a relay that reads the outbox in db and publishes through pub.
@@ -157,7 +159,8 @@ func (r *Relay) Stats() Stats {
 	r.mu.Lock()
 	n := len(r.inflight)
 	r.mu.Unlock()
-	return Stats{Published: r.published.Load(), Deleted: r.deleted.Load(), Failures: r.failures.Load(), InFlight: int64(n)}
+	return Stats{Published: r.published.Load(), Deleted: r.deleted.Load(), Failures: r.failures.Load(), InFlight: int64(n),
+		DeadLettered: r.deadLettered.Load()}
 }
 
 // Close stops a running relay as if Run's context had been cancelled and
@@ -184,6 +187,10 @@ const abandonGrace = time.Second
 // item is one row on its way to the broker.
 type item struct {
 	row sqlstore.Row
+	// readNo is the number of the read that returned the row.
+	readNo int64
+	// lastErr is the last publish error, for the dead letter.
+	lastErr string
 }
 
 // Run reads and publishes until ctx is cancelled or Close is called, then
@@ -329,7 +336,13 @@ func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
 		readNo := r.reads
 		r.mu.Unlock()
 		readStart := time.Now()
-		rows, err := r.names.ReadAfter(ctx, r.db, after, limit)
+		var rows []sqlstore.Row
+		hasParked, err := r.names.HasParked(ctx, r.db)
+		if err == nil && hasParked {
+			rows, err = r.names.ReadAfterUnparked(ctx, r.db, after, limit)
+		} else if err == nil {
+			rows, err = r.names.ReadAfter(ctx, r.db, after, limit)
+		}
 		if err == nil && r.obs != nil {
 			r.obs.Read(ctx, len(rows), sweep, time.Since(readStart))
 		}
@@ -356,13 +369,16 @@ func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
 			if _, busy := r.inflight[row.Seq]; busy {
 				continue
 			}
-			if _, gone := r.tombstones[row.Seq]; gone {
+			// Deleted while this read ran: the read may have seen the row
+			// before the delete. (A row deleted before the read started and
+			// seen anyway was put back: requeued from the dead letters.)
+			if at, gone := r.tombstones[row.Seq]; gone && at >= readNo {
 				continue
 			}
 			r.inflight[row.Seq] = struct{}{}
 			cursor = max(cursor, row.Seq)
 			l := int(row.Shard) % len(lanes)
-			perLane[l] = append(perLane[l], item{row: row})
+			perLane[l] = append(perLane[l], item{row: row, readNo: readNo})
 		}
 		// Rows deleted before this read started cannot show up in any later
 		// read: forget them.
@@ -438,7 +454,14 @@ func (r *Relay) release(seqs []int64) {
 // runLane publishes the batches of one lane in order. Consecutive rows with
 // the same topic go out in one Publish call.
 func (r *Relay) runLane(ctx context.Context, lane int, in chan []item, acks chan<- []int64) {
+	// parked maps a key this lane dead-lettered with the ParkKey policy to
+	// the read count at that moment: rows of the key read before then are
+	// held back (left in the outbox); later reads exclude them in SQL.
+	parked := map[string]int64{}
 	for items := range in {
+		if len(parked) > 0 {
+			items = r.dropParked(items, parked)
+		}
 		for start := 0; start < len(items); {
 			end := start + 1
 			for end < len(items) && items[end].row.Topic == items[start].row.Topic {
@@ -446,7 +469,7 @@ func (r *Relay) runLane(ctx context.Context, lane int, in chan []item, acks chan
 			}
 			group := items[start:end]
 			start = end
-			if !r.publishGroup(ctx, lane, group) {
+			if !r.deliver(ctx, lane, group, parked, acks) {
 				// Hard stop: leave the rest of the lane for the next run.
 				r.release(seqsOf(group))
 				for rest := range in {
@@ -454,20 +477,125 @@ func (r *Relay) runLane(ctx context.Context, lane int, in chan []item, acks chan
 				}
 				return
 			}
-			select {
-			case acks <- seqsOf(group):
-			case <-ctx.Done():
-				// Hard stop: published but not deleted; the next run
-				// publishes these rows again (at least once).
-				return
-			}
 		}
 	}
 }
 
+// dropParked releases, without publishing, the items of keys parked after
+// the items were read.
+func (r *Relay) dropParked(items []item, parked map[string]int64) []item {
+	kept := items[:0:0]
+	var held []int64
+	for _, it := range items {
+		if at, ok := parked[it.row.Key]; ok && it.readNo <= at {
+			held = append(held, it.row.Seq)
+			continue
+		}
+		kept = append(kept, it)
+	}
+	if len(held) > 0 {
+		r.release(held)
+	}
+	return kept
+}
+
+// deliver publishes one group and hands its rows to the acker. A group
+// that keeps failing is split into single rows when dead-lettering is on,
+// so that only the row that fails goes to the dead letters. It returns
+// false on a hard stop.
+func (r *Relay) deliver(ctx context.Context, lane int, group []item, parked map[string]int64, acks chan<- []int64) bool {
+	switch r.publishGroup(ctx, lane, group) {
+	case publishStopped:
+		return false
+	case publishSplit:
+		for i := range group {
+			single := group[i : i+1]
+			if len(parked) > 0 {
+				if single = r.dropParked(single, parked); len(single) == 0 {
+					continue
+				}
+			}
+			switch r.publishGroup(ctx, lane, single) {
+			case publishStopped:
+				r.release(seqsOf(group[i+1:]))
+				return false
+			case publishDead:
+				r.deadLetter(ctx, lane, single[0], parked)
+				continue
+			}
+			if !r.ack(ctx, acks, single) {
+				return false
+			}
+		}
+		return true
+	case publishDead:
+		r.deadLetter(ctx, lane, group[0], parked)
+		return true
+	}
+	return r.ack(ctx, acks, group)
+}
+
+func (r *Relay) ack(ctx context.Context, acks chan<- []int64, group []item) bool {
+	select {
+	case acks <- seqsOf(group):
+		return true
+	case <-ctx.Done():
+		// Hard stop: published but not deleted; the next run publishes
+		// these rows again (at least once).
+		return false
+	}
+}
+
+// deadLetter moves a row that failed DeadLetterAfter times to the dead
+// letters, parking its key when the policy says so.
+func (r *Relay) deadLetter(ctx context.Context, lane int, it item, parked map[string]int64) {
+	park := r.cfg.DeadLetterPolicy == ParkKey
+	for attempt := 0; ; attempt++ {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		moved, err := r.names.MoveToDead(dctx, r.db, it.row.Seq, it.lastErr, park, time.Now())
+		cancel()
+		if err == nil {
+			r.mu.Lock()
+			r.tombstones[it.row.Seq] = r.reads
+			if park {
+				parked[it.row.Key] = r.reads
+			}
+			r.mu.Unlock()
+			r.release([]int64{it.row.Seq})
+			if moved {
+				r.deadLettered.Add(1)
+				r.log.Error("relay moved a row to the dead letters", "seq", it.row.Seq, "id", it.row.ID, "topic", it.row.Topic,
+					"key", it.row.Key, "error", it.lastErr, "key_parked", park,
+					"hint", "accord outbox dead list | requeue SEQ | drop SEQ")
+				if r.obs != nil {
+					r.obs.DeadLettered(ctx, Publication{Topic: it.row.Topic, Lane: lane, Messages: 1,
+						CreatedAt: []time.Time{it.row.CreatedAt}, Attempt: r.cfg.DeadLetterAfter, Err: errors.New(it.lastErr)})
+				}
+			}
+			return
+		}
+		r.log.Error("relay could not move a row to the dead letters; retrying", "seq", it.row.Seq, "error", err)
+		if !sleepCtx(ctx, r.backoff(attempt)) {
+			r.release([]int64{it.row.Seq})
+			return
+		}
+	}
+}
+
+// publishResult is how publishGroup ended.
+type publishResult int
+
+const (
+	publishDone    publishResult = iota // the publisher accepted the group
+	publishStopped                      // hard stop: nothing more to do
+	publishSplit                        // failed DeadLetterAfter times: publish row by row
+	publishDead                         // a single row failed DeadLetterAfter times
+)
+
 // publishGroup publishes rows of one topic, retrying with backoff until the
-// publisher accepts them or ctx ends. It returns false only when ctx ended.
-func (r *Relay) publishGroup(ctx context.Context, lane int, group []item) bool {
+// publisher accepts them, ctx ends, or (with DeadLetterAfter) the attempts
+// run out.
+func (r *Relay) publishGroup(ctx context.Context, lane int, group []item) publishResult {
 	var created []time.Time
 	if r.obs != nil {
 		created = make([]time.Time, len(group))
@@ -495,16 +623,23 @@ func (r *Relay) publishGroup(ctx context.Context, lane int, group []item) bool {
 			if attempt > 0 {
 				r.log.Info("relay publish recovered", "topic", group[0].row.Topic, "rows", len(group), "attempts", attempt+1)
 			}
-			return true
+			return publishDone
 		}
 		r.failures.Add(1)
+		r.recordFailure(ctx, group, err)
+		if n := r.cfg.DeadLetterAfter; n > 0 && attempt+1 >= n {
+			if len(group) > 1 {
+				return publishSplit
+			}
+			group[0].lastErr = err.Error()
+			return publishDead
+		}
 		wait := r.backoff(attempt)
 		first := group[0].row
 		r.log.Error("relay publish failed; retrying", "error", err, "topic", first.Topic,
 			"first_seq", first.Seq, "first_id", first.ID, "rows", len(group), "attempt", attempt+1, "retry_in", wait)
-		r.recordFailure(ctx, group, err)
 		if !sleepCtx(ctx, wait) {
-			return false
+			return publishStopped
 		}
 	}
 }
@@ -601,13 +736,15 @@ func (r *Relay) deleteWithRetry(ctx context.Context, seqs []int64) {
 			r.obs.Deleted(ctx, len(seqs), time.Since(start))
 		}
 		if err == nil {
-			r.deleted.Add(int64(len(seqs)))
 			r.mu.Lock()
 			for _, s := range seqs {
 				r.tombstones[s] = r.reads
 			}
 			r.mu.Unlock()
 			r.release(seqs)
+			// Counted after the release, so that Deleted never runs ahead of
+			// InFlight.
+			r.deleted.Add(int64(len(seqs)))
 			return
 		}
 		r.log.Error("relay could not delete published rows; retrying (they would be published again after a restart)",

@@ -38,14 +38,16 @@ const readyzPingTimeout = time.Second
 const httpShutdownTimeout = 5 * time.Second
 
 type relayFlags struct {
-	db              dbFlags
-	log             logFlags
-	broker          string
-	lanes           int
-	batchSize       int
-	pollInterval    time.Duration
-	shutdownTimeout time.Duration
-	httpAddr        string
+	db               dbFlags
+	log              logFlags
+	broker           string
+	lanes            int
+	batchSize        int
+	pollInterval     time.Duration
+	shutdownTimeout  time.Duration
+	deadLetterAfter  int
+	deadLetterPolicy string
+	httpAddr         string
 }
 
 func (a *app) newRelayCmd() *cobra.Command {
@@ -120,6 +122,10 @@ configuration.
 	bindEnv(cmd, "poll-interval", "ACCORD_POLL_INTERVAL")
 	fs.DurationVar(&f.shutdownTimeout, "shutdown-timeout", relay.ShutdownTimeoutDefault, "how long to keep publishing rows already read after a stop signal")
 	bindEnv(cmd, "shutdown-timeout", "ACCORD_SHUTDOWN_TIMEOUT")
+	fs.IntVar(&f.deadLetterAfter, "dead-letter-after", 0, "move a row to the dead letters after this many failed publish attempts; 0 retries forever")
+	bindEnv(cmd, "dead-letter-after", "ACCORD_DEAD_LETTER_AFTER")
+	fs.StringVar(&f.deadLetterPolicy, "dead-letter-policy", "park", "what the later rows of a dead-lettered row's key do: park (wait, order holds) or skip (keep flowing)")
+	bindEnv(cmd, "dead-letter-policy", "ACCORD_DEAD_LETTER_POLICY")
 	fs.StringVar(&f.httpAddr, "http-addr", httpAddrDefault, `host:port of the HTTP server for /metrics, /healthz and /readyz; "off" disables it`)
 	bindEnv(cmd, "http-addr", "ACCORD_HTTP_ADDR")
 	f.log.register(cmd)
@@ -185,16 +191,26 @@ func (a *app) runRelay(ctx context.Context, f *relayFlags) error {
 		}
 		obs = metrics
 	}
+	policy := relay.ParkKey
+	switch f.deadLetterPolicy {
+	case "park", "":
+	case "skip":
+		policy = relay.SkipKey
+	default:
+		return usageErrorf("--dead-letter-policy %q: want park or skip", f.deadLetterPolicy)
+	}
 	r, err := relay.New(db, b.Publisher, &relay.Config{
-		Dialect:         dialect,
-		Schema:          f.db.schema,
-		TablePrefix:     f.db.tablePrefix,
-		Lanes:           f.lanes,
-		BatchSize:       f.batchSize,
-		PollInterval:    f.pollInterval,
-		ShutdownTimeout: f.shutdownTimeout,
-		Logger:          logger,
-		Observer:        obs,
+		Dialect:          dialect,
+		Schema:           f.db.schema,
+		TablePrefix:      f.db.tablePrefix,
+		Lanes:            f.lanes,
+		BatchSize:        f.batchSize,
+		PollInterval:     f.pollInterval,
+		ShutdownTimeout:  f.shutdownTimeout,
+		DeadLetterAfter:  f.deadLetterAfter,
+		DeadLetterPolicy: policy,
+		Logger:           logger,
+		Observer:         obs,
 	})
 	if err != nil {
 		if errors.Is(err, relay.ErrInvalidConfig) {

@@ -72,7 +72,7 @@ configuration.`,
 	root.SetErr(a.stderr)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError(err) })
 	root.AddCommand(newBenchCmd())
-	root.AddCommand(a.newRelayCmd(), a.newMigrateCmd(), a.newSyncCmd(), a.newVersionCmd())
+	root.AddCommand(a.newRelayCmd(), a.newMigrateCmd(), a.newOutboxCmd(), a.newSyncCmd(), a.newVersionCmd())
 	a.wrapRunE(root)
 
 	cmd, err := root.ExecuteContextC(ctx)

@@ -1,0 +1,176 @@
+package relay_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/stretchr/testify/require"
+
+	"github.com/accordgo/accord/internal/dbtest"
+	"github.com/accordgo/accord/outbox"
+	"github.com/accordgo/accord/relay"
+)
+
+// poisonSink rejects every message whose payload is "poison" until cured.
+type poisonSink struct {
+	*memSink
+	mu    sync.Mutex
+	cured bool
+}
+
+func newPoisonSink() *poisonSink {
+	p := &poisonSink{memSink: newMemSink()}
+	p.memSink.setFail(func(_ string, msgs []*message.Message) error {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		for _, m := range msgs {
+			if string(m.Payload) == "poison" && !p.cured {
+				return errors.New("broker rejects this payload")
+			}
+		}
+		return nil
+	})
+	return p
+}
+
+func (p *poisonSink) cure() {
+	p.mu.Lock()
+	p.cured = true
+	p.mu.Unlock()
+}
+
+// writePayloads writes one event per payload for key in one transaction.
+func writePayloads(t *testing.T, env dbtest.Env, ob *outbox.Outbox, key string, payloads ...string) []string {
+	t.Helper()
+	tx, err := env.DB.Begin()
+	require.NoError(t, err)
+	var ids []string
+	var evs []outbox.Event
+	for _, p := range payloads {
+		m := outbox.NewMessage([]byte(p))
+		ids = append(ids, m.UUID)
+		evs = append(evs, outbox.Event{Topic: "t", Key: key, Message: m})
+	}
+	require.NoError(t, ob.WriteTx(context.Background(), tx, evs...))
+	require.NoError(t, tx.Commit())
+	return ids
+}
+
+// A row that keeps failing goes to the dead letters after DeadLetterAfter
+// attempts; with ParkKey its key's later rows wait, other keys (even in the
+// same publish call and lane) keep flowing; requeued, it goes out first and
+// the key's order holds.
+func TestDeadLetterParkKey(t *testing.T) {
+	t.Parallel()
+	dbtest.Dialects(t, func(t *testing.T, env dbtest.Env) {
+		ctx := context.Background()
+		ob := newOutbox(t, env)
+		sink := newPoisonSink()
+		// One lane: the poison row shares its publish calls with other keys.
+		r := startRelay(t, env, sink, &relay.Config{Lanes: 1, DeadLetterAfter: 3})
+		bad := writePayloads(t, env, ob, "k-bad", "first", "poison", "after-1", "after-2")
+		var good []string
+		for i := 0; i < 5; i++ {
+			good = append(good, writePayloads(t, env, ob, "k-good-"+strconv.Itoa(i), "a", "b")...)
+		}
+		r.Wake()
+		waitFor(t, 20*time.Second, "the poison row in the dead letters", func() bool { return r.Stats().DeadLettered == 1 })
+		waitFor(t, 20*time.Second, "the other keys", func() bool {
+			for _, id := range append(good, bad[0]) {
+				if !sink.has(id) {
+					return false
+				}
+			}
+			return true
+		})
+		dead, err := ob.DeadLetters(ctx, env.DB, nil)
+		require.NoError(t, err)
+		require.Len(t, dead, 1)
+		require.Equal(t, bad[1], dead[0].ID)
+		require.Equal(t, "k-bad", dead[0].Key)
+		require.True(t, dead[0].Parked)
+		require.GreaterOrEqual(t, dead[0].Attempts, 3)
+		require.Equal(t, "broker rejects this payload", dead[0].LastError)
+		// The key is parked: its later rows wait in the outbox (the others'
+		// are deleted just after they are published).
+		waitFor(t, 10*time.Second, "only the parked key's rows left", func() bool { return pending(t, env) == 2 })
+		require.False(t, sink.has(bad[2]))
+
+		sink.cure()
+		require.NoError(t, ob.RequeueDeadLetter(ctx, env.DB, dead[0].Seq))
+		require.ErrorIs(t, ob.RequeueDeadLetter(ctx, env.DB, dead[0].Seq), outbox.ErrDeadLetterNotFound)
+		r.Wake()
+		waitFor(t, 20*time.Second, "the requeued row and the held rows", func() bool { return sink.has(bad[3]) })
+		waitFor(t, 10*time.Second, "an empty outbox", func() bool { return pending(t, env) == 0 })
+		var order []string
+		for _, m := range sink.snapshot() {
+			if m.Metadata.Get(outbox.MetadataKey) == "k-bad" {
+				order = append(order, m.UUID)
+			}
+		}
+		require.Equal(t, bad, order, "key order after requeue")
+		dead, err = ob.DeadLetters(ctx, env.DB, nil)
+		require.NoError(t, err)
+		require.Empty(t, dead)
+	})
+}
+
+// With SkipKey the key keeps flowing past its dead letter; dropping the
+// dead letter deletes it for good.
+func TestDeadLetterSkipKey(t *testing.T) {
+	t.Parallel()
+	dbtest.Dialects(t, func(t *testing.T, env dbtest.Env) {
+		ctx := context.Background()
+		ob := newOutbox(t, env)
+		sink := newPoisonSink()
+		r := startRelay(t, env, sink, &relay.Config{DeadLetterAfter: 2, DeadLetterPolicy: relay.SkipKey})
+		bad := writePayloads(t, env, ob, "k", "poison", "next")
+		r.Wake()
+		waitFor(t, 20*time.Second, "the next row of the key", func() bool { return sink.has(bad[1]) })
+		waitFor(t, 10*time.Second, "an empty outbox", func() bool { return pending(t, env) == 0 })
+		dead, err := ob.DeadLetters(ctx, env.DB, &outbox.DeadLetterListParams{Limit: 10})
+		require.NoError(t, err)
+		require.Len(t, dead, 1)
+		require.False(t, dead[0].Parked)
+		require.Equal(t, []byte("poison"), dead[0].Payload)
+		require.NoError(t, ob.DropDeadLetter(ctx, env.DB, dead[0].Seq))
+		require.ErrorIs(t, ob.DropDeadLetter(ctx, env.DB, dead[0].Seq), outbox.ErrDeadLetterNotFound)
+		dead, err = ob.DeadLetters(ctx, env.DB, nil)
+		require.NoError(t, err)
+		require.Empty(t, dead)
+		require.False(t, sink.has(bad[0]))
+	})
+}
+
+// A parked key survives a relay restart: the new relay still holds the
+// key's rows back (the park is in the database, not in memory).
+func TestDeadLetterParkSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	env := dbtest.PostgresSchema(t)
+	ctx := context.Background()
+	ob := newOutbox(t, env)
+	sink := newPoisonSink()
+	r, err := relay.New(env.DB, sink, &relay.Config{Dialect: env.Dialect, Schema: env.Schema, DeadLetterAfter: 1,
+		RetryBackoffMin: time.Millisecond, RetryBackoffMax: 5 * time.Millisecond, Logger: discardLogger()})
+	require.NoError(t, err)
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.Run(runCtx) }()
+	bad := writePayloads(t, env, ob, "k", "poison", "held")
+	waitFor(t, 20*time.Second, "the dead letter", func() bool { return r.Stats().DeadLettered == 1 })
+	cancel()
+	require.NoError(t, <-done)
+
+	sink2 := newMemSink()
+	r2 := startRelay(t, env, sink2, nil)
+	other := writePayloads(t, env, ob, "other", "x")
+	waitFor(t, 20*time.Second, "another key", func() bool { return sink2.has(other[0]) })
+	waitFor(t, 10*time.Second, "the other key's row deleted", func() bool { return pending(t, env) == 1 })
+	require.False(t, sink2.has(bad[1]), "a parked key's row was published after a restart")
+	require.NotNil(t, r2)
+}

@@ -1,0 +1,157 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"runtime/pprof"
+	"strconv"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/accordgo/accord"
+	"github.com/accordgo/accord/outbox"
+	"github.com/accordgo/accord/relay"
+)
+
+// Topic is the destination topic of every benchmark event.
+const Topic = "bench.orders"
+
+// seedBatch is the number of events written per statement and transaction
+// when seeding a backlog.
+const seedBatch = 5000
+
+// newEvent returns event i of a phase: key i mod Keys, sequence i div Keys
+// within its key, a small JSON payload (valid JSON, as watermill-sql's
+// default payload column requires) and its index, key and sequence in
+// metadata.
+func newEvent(i int) (key string, msg *message.Message) {
+	k, seq := i%Keys, i/Keys
+	key = "order-" + strconv.Itoa(k)
+	payload := fmt.Appendf(nil, `{"type":"order.updated","order_id":%q,"seq":%d,"amount_cents":%d}`, key, seq, (i*7919)%100000)
+	msg = message.NewMessage(outbox.NewID(), payload)
+	msg.Metadata.Set(mdIndex, strconv.Itoa(i))
+	msg.Metadata.Set(mdKey, key)
+	msg.Metadata.Set(mdSeq, strconv.Itoa(seq))
+	return key, msg
+}
+
+// phaseOutcome is what a drain phase measured.
+type phaseOutcome struct {
+	backlog int64
+	seed    time.Duration
+	elapsed time.Duration
+	check   check
+}
+
+// accordDrain writes n events into a fresh outbox with the given table
+// prefix, then times one relay draining them into a sink.
+func (r *runner) accordDrain(ctx context.Context, prefix string, n int) (out phaseOutcome, err error) {
+	if err := r.migrateUp(ctx, prefix); err != nil {
+		return out, err
+	}
+	defer func() {
+		if derr := r.migrateDown(ctx, prefix); derr != nil && err == nil {
+			err = derr
+		}
+	}()
+	ob, err := outbox.New(&outbox.Config{Dialect: accord.Postgres, Schema: r.schema, TablePrefix: prefix})
+	if err != nil {
+		return out, err
+	}
+
+	r.logf("drain (Accord): writing %d events over %d keys into %s.%soutbox", n, min(n, Keys), r.schema, prefix)
+	seedStart := time.Now()
+	ids := make([]string, n)
+	events := make([]outbox.Event, 0, seedBatch)
+	for start := 0; start < n; start += seedBatch {
+		events = events[:0]
+		for i := start; i < min(start+seedBatch, n); i++ {
+			key, msg := newEvent(i)
+			ids[i] = msg.UUID
+			events = append(events, outbox.Event{Topic: Topic, Key: key, Message: msg})
+		}
+		tx, err := r.db.BeginTx(ctx, nil)
+		if err != nil {
+			return out, fmt.Errorf("accord bench: seed: %w", err)
+		}
+		if err := ob.WriteTx(ctx, tx, events...); err != nil {
+			_ = tx.Rollback()
+			return out, fmt.Errorf("accord bench: seed: %w", err)
+		}
+		if err := tx.Commit(); err != nil {
+			return out, fmt.Errorf("accord bench: seed: %w", err)
+		}
+	}
+	table := `"` + r.schema + `"."` + prefix + `outbox"`
+	// Statistics as autovacuum would have them for a backlog that built up.
+	if _, err := r.db.ExecContext(ctx, "ANALYZE "+table); err != nil {
+		return out, fmt.Errorf("accord bench: analyze: %w", err)
+	}
+	if err := r.db.QueryRowContext(ctx, "SELECT count(*) FROM "+table).Scan(&out.backlog); err != nil {
+		return out, fmt.Errorf("accord bench: count backlog: %w", err)
+	}
+	out.seed = time.Since(seedStart)
+	r.logf("drain (Accord): wrote %d events in %.2f s (%.0f events/s); starting the relay", out.backlog, out.seed.Seconds(), float64(out.backlog)/out.seed.Seconds())
+
+	s := newSink(r.base, n)
+	cfg := r.relayConfig(prefix)
+	rl, err := relay.New(r.db, s, cfg)
+	if err != nil {
+		return out, err
+	}
+	if r.opts.CPUProfile != nil {
+		if err := pprof.StartCPUProfile(r.opts.CPUProfile); err != nil {
+			r.logf("drain (Accord): no CPU profile: %v", err)
+		} else {
+			defer pprof.StopCPUProfile() // also on error; stopping twice is a no-op
+		}
+	}
+	if r.timerStart != nil {
+		r.timerStart()
+	}
+	start := time.Now()
+	bg := goBackground(func() error { return rl.Run(ctx) })
+	defer func() {
+		_ = rl.Close()
+		<-bg.done
+	}()
+	if err := r.waitSink(ctx, s, "drain (Accord)", bg); err != nil {
+		return out, err
+	}
+	// Done when the relay also deleted every published row.
+	for rl.Stats().Deleted < out.backlog {
+		select {
+		case <-bg.done:
+			return out, fmt.Errorf("accord bench: drain (Accord): relay stopped before deleting every row: %v", bg.err)
+		case <-ctx.Done():
+			return out, ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	end := time.Now()
+	if r.timerStop != nil {
+		r.timerStop()
+	}
+	if r.opts.CPUProfile != nil {
+		pprof.StopCPUProfile()
+	}
+	out.elapsed = end.Sub(start)
+	_ = rl.Close()
+	<-bg.done
+	if bg.err != nil {
+		return out, fmt.Errorf("accord bench: drain (Accord): relay: %w", bg.err)
+	}
+	var left int64
+	if err := r.db.QueryRowContext(ctx, "SELECT count(*) FROM "+table).Scan(&left); err != nil {
+		return out, fmt.Errorf("accord bench: count rows left: %w", err)
+	}
+	if left != 0 {
+		return out, fmt.Errorf("accord bench: drain (Accord): %d rows left in the outbox after the relay reported every row deleted", left)
+	}
+	out.check = verify(s.receipts(), ids, nil)
+	r.logf("drain (Accord): %d events in %.3f s = %.0f events/s (lost %d, duplicates %d, order violations %d, unexpected %d)",
+		out.backlog, out.elapsed.Seconds(), float64(out.backlog)/out.elapsed.Seconds(),
+		out.check.Lost, out.check.Duplicates, out.check.OrderViolations, out.check.Unexpected)
+	return out, nil
+}

@@ -1,0 +1,482 @@
+// Package bench measures the Accord relay on a real PostgreSQL database and
+// compares it with watermill's forwarder (components/forwarder over
+// watermill-sql v4) in its default configuration. `accord bench relay` runs
+// it; docs/benchmarks.md reports a run.
+//
+// A run has three phases, each on its own tables in one schema created for
+// the run and dropped at the end:
+//
+//   - Drain: Events rows are written into the outbox first, then one relay
+//     starts and is timed until the destination received every event and the
+//     table is empty.
+//   - Forwarder: the same number of events is written through
+//     forwarder.NewPublisher wrapping a watermill-sql publisher, then one
+//     forwarder starts and is timed until the destination received every
+//     event (watermill-sql's default schema never deletes rows).
+//   - Latency: one relay runs on an empty outbox while writers commit Rate
+//     events per second, one event per transaction; the latency of an event
+//     is the time from just before its COMMIT to its arrival at the
+//     destination.
+//
+// The destination of both relays is the same in-process message.Publisher,
+// which records each message and returns at once, so the figures measure
+// the relays and the database, not a broker. Every event carries its index,
+// partition key and per-key sequence number in metadata; each phase checks
+// for lost events, duplicates and per-key order violations.
+package bench
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/accordgo/accord"
+	"github.com/accordgo/accord/migrate"
+	"github.com/accordgo/accord/relay"
+)
+
+// Defaults of [Options].
+const (
+	DatabaseURLDefault     = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+	EventsDefault          = 100000
+	RateDefault            = 1000
+	LatencyDurationDefault = 10 * time.Second
+	// Keys is the number of partition keys events are spread over.
+	Keys = 1000
+)
+
+// ErrInvalidOptions wraps every problem with the Options given to RunRelay.
+var ErrInvalidOptions = errors.New("accord bench: invalid options")
+
+// stallTimeout ends a phase whose destination received nothing new for
+// this long.
+const stallTimeout = 60 * time.Second
+
+// Options configure [RunRelay]. The zero value runs the default benchmark.
+type Options struct {
+	// DatabaseURL is a postgres:// URL. Defaults to DatabaseURLDefault.
+	DatabaseURL string
+	// Events is the size of the backlog drained by each relay. Defaults to
+	// EventsDefault (100,000).
+	Events int
+	// Rate is the number of events per second written during the latency
+	// phase. Defaults to RateDefault (1,000).
+	Rate int
+	// LatencyDuration is how long the latency phase writes. Defaults to
+	// LatencyDurationDefault (10 s); a negative value skips the phase.
+	LatencyDuration time.Duration
+	// NoForwarder skips the watermill forwarder phase.
+	NoForwarder bool
+	// Lanes and BatchSize configure the Accord relay; 0 means the relay's
+	// defaults.
+	Lanes, BatchSize int
+	// Progress receives one line per phase step. Defaults to os.Stderr.
+	Progress io.Writer
+	// CPUProfile, when not nil, receives a CPU profile (pprof format) taken
+	// during the Accord drain.
+	CPUProfile io.Writer
+}
+
+func (o Options) withDefaults() Options {
+	if o.DatabaseURL == "" {
+		o.DatabaseURL = DatabaseURLDefault
+	}
+	if o.Events == 0 {
+		o.Events = EventsDefault
+	}
+	if o.Rate == 0 {
+		o.Rate = RateDefault
+	}
+	if o.LatencyDuration == 0 {
+		o.LatencyDuration = LatencyDurationDefault
+	}
+	if o.Progress == nil {
+		o.Progress = os.Stderr
+	}
+	return o
+}
+
+func (o Options) validate() error {
+	var errs []error
+	if o.Events < 1 {
+		errs = append(errs, fmt.Errorf("Events %d: must be positive", o.Events))
+	}
+	if o.Rate < 1 {
+		errs = append(errs, fmt.Errorf("Rate %d: must be positive", o.Rate))
+	}
+	if d, _, err := accord.ParseDatabaseURL(o.DatabaseURL); err != nil {
+		errs = append(errs, err)
+	} else if d != accord.Postgres {
+		errs = append(errs, fmt.Errorf("DatabaseURL: the relay benchmark needs PostgreSQL, got %s", d))
+	}
+	rc := (&relay.Config{Dialect: accord.Postgres, Lanes: o.Lanes, BatchSize: o.BatchSize}).WithDefaults()
+	if rc.Lanes < 1 || rc.Lanes > relay.LanesMax {
+		errs = append(errs, fmt.Errorf("Lanes %d: must be between 1 and %d (0 for the default)", o.Lanes, relay.LanesMax))
+	}
+	if rc.BatchSize < 1 || rc.BatchSize > relay.BatchSizeMax {
+		errs = append(errs, fmt.Errorf("BatchSize %d: must be between 1 and %d (0 for the default)", o.BatchSize, relay.BatchSizeMax))
+	}
+	return errors.Join(errs...)
+}
+
+// Result is the outcome of [RunRelay]. Throughputs are events per second of
+// wall-clock time; latencies are milliseconds.
+type Result struct {
+	// Events is the requested backlog size; Backlog the rows actually in
+	// the outbox when the relay started.
+	Events      int    `json:"events"`
+	Backlog     int64  `json:"backlog"`
+	Destination string `json:"destination"`
+	Relays      int    `json:"relays"`
+	Lanes       int    `json:"lanes"`
+	BatchSize   int    `json:"batch_size"`
+
+	SeedSeconds       float64 `json:"seed_seconds"`
+	DrainSeconds      float64 `json:"drain_seconds"`
+	DrainEventsPerSec float64 `json:"drain_events_per_sec"`
+
+	// Forwarder figures are absent when the forwarder phase was skipped.
+	ForwarderSeedSeconds  float64 `json:"forwarder_seed_seconds,omitempty"`
+	ForwarderSeconds      float64 `json:"forwarder_seconds,omitempty"`
+	ForwarderEventsPerSec float64 `json:"forwarder_events_per_sec,omitempty"`
+	// Ratio is DrainEventsPerSec / ForwarderEventsPerSec.
+	Ratio float64 `json:"ratio,omitempty"`
+
+	LatencyP50Ms float64 `json:"latency_p50_ms"`
+	LatencyP99Ms float64 `json:"latency_p99_ms"`
+	LatencyMaxMs float64 `json:"latency_max_ms"`
+	// Rate is the requested write rate of the latency phase, AchievedRate
+	// what the writers managed (events / time from the first scheduled
+	// write to the last commit), LatencyEvents the events written.
+	Rate          int     `json:"rate"`
+	AchievedRate  float64 `json:"achieved_rate"`
+	LatencyEvents int     `json:"latency_events"`
+	// LateWrites counts latency-phase writes that started more than 10 ms
+	// after their scheduled time (the writers fell behind).
+	LateWrites int64 `json:"late_writes"`
+	// CommitP50Ms and CommitP99Ms are the durations of the writers' COMMIT
+	// statements, part of every latency.
+	CommitP50Ms float64 `json:"commit_p50_ms"`
+	CommitP99Ms float64 `json:"commit_p99_ms"`
+	// AfterCommitP50Ms and AfterCommitP99Ms measure from COMMIT returning
+	// in the writer to arrival: the relay's share of the latency (it can
+	// be negative when the relay is faster than the writer's wake-up).
+	AfterCommitP50Ms float64 `json:"after_commit_p50_ms"`
+	AfterCommitP99Ms float64 `json:"after_commit_p99_ms"`
+
+	MaxRSSMiB float64 `json:"max_rss_mib"`
+	// LoadAvgStart and LoadAvgEnd are the machine's 1-minute load average
+	// when the run started and ended: other work on the machine (or on the
+	// database server) shows up in every figure.
+	LoadAvgStart float64 `json:"loadavg_start"`
+	LoadAvgEnd   float64 `json:"loadavg_end"`
+
+	// Lost, Duplicates and OrderViolations cover every event the Accord
+	// relay published (drain and latency phases).
+	Lost            int64 `json:"lost"`
+	Duplicates      int64 `json:"duplicates"`
+	OrderViolations int64 `json:"order_violations"`
+	// Unexpected counts received messages that match no written event.
+	Unexpected int64 `json:"unexpected,omitempty"`
+
+	ForwarderLost            *int64 `json:"forwarder_lost,omitempty"`
+	ForwarderDuplicates      *int64 `json:"forwarder_duplicates,omitempty"`
+	ForwarderOrderViolations *int64 `json:"forwarder_order_violations,omitempty"`
+	ForwarderUnexpected      int64  `json:"forwarder_unexpected,omitempty"`
+
+	GoVersion       string `json:"go_version"`
+	CPUs            int    `json:"cpus"`
+	PostgresVersion string `json:"postgres_version"`
+}
+
+// runner holds what the phases of one run share.
+type runner struct {
+	opts   Options
+	db     *sql.DB
+	schema string
+	base   time.Time // clock base of sinks and writers
+	logger *slog.Logger
+	// timerStart and timerStop, when set, are called around the timed part
+	// of the Accord drain (the Go benchmark stops its timer while seeding).
+	timerStart, timerStop func()
+}
+
+func (r *runner) logf(format string, args ...any) {
+	fmt.Fprintf(r.opts.Progress, "accord bench: "+format+"\n", args...)
+}
+
+// RunRelay runs the relay benchmark (see the package documentation) and
+// returns its figures. It creates a schema with a random name in the
+// database and drops it before it returns, also on error.
+func RunRelay(ctx context.Context, opts Options) (*Result, error) {
+	opts = opts.withDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidOptions, err)
+	}
+	r, cleanup, err := newRunner(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	defer cleanup()
+
+	rc := r.relayConfig("")
+	res := &Result{
+		Events:       opts.Events,
+		Destination:  "inprocess",
+		Relays:       1,
+		Lanes:        rc.Lanes,
+		BatchSize:    rc.BatchSize,
+		Rate:         opts.Rate,
+		GoVersion:    runtime.Version(),
+		LoadAvgStart: loadAvg1(),
+		CPUs:         runtime.NumCPU(),
+	}
+	if err := r.db.QueryRowContext(ctx, "SHOW server_version").Scan(&res.PostgresVersion); err != nil {
+		return nil, fmt.Errorf("accord bench: read server version: %w", err)
+	}
+	r.logf("PostgreSQL %s, %s, %d CPUs, schema %s", res.PostgresVersion, res.GoVersion, res.CPUs, r.schema)
+
+	// Phase 1: Accord drain.
+	d, err := r.accordDrain(ctx, "drain_", opts.Events)
+	if err != nil {
+		return nil, err
+	}
+	res.Backlog = d.backlog
+	res.SeedSeconds = d.seed.Seconds()
+	res.DrainSeconds = d.elapsed.Seconds()
+	res.DrainEventsPerSec = float64(d.backlog) / d.elapsed.Seconds()
+	res.Lost, res.Duplicates, res.OrderViolations, res.Unexpected = d.check.Lost, d.check.Duplicates, d.check.OrderViolations, d.check.Unexpected
+
+	// Phase 2: watermill forwarder.
+	if !opts.NoForwarder {
+		f, err := r.forwarderDrain(ctx, opts.Events)
+		if err != nil {
+			return nil, err
+		}
+		res.ForwarderSeedSeconds = f.seed.Seconds()
+		res.ForwarderSeconds = f.elapsed.Seconds()
+		res.ForwarderEventsPerSec = float64(f.backlog) / f.elapsed.Seconds()
+		res.Ratio = res.DrainEventsPerSec / res.ForwarderEventsPerSec
+		res.ForwarderLost, res.ForwarderDuplicates, res.ForwarderOrderViolations = &f.check.Lost, &f.check.Duplicates, &f.check.OrderViolations
+		res.ForwarderUnexpected = f.check.Unexpected
+	}
+
+	// Phase 3: latency at a steady rate.
+	if opts.LatencyDuration > 0 {
+		l, err := r.latency(ctx, "lat_")
+		if err != nil {
+			return nil, err
+		}
+		res.LatencyEvents = l.events
+		res.AchievedRate = l.achievedRate
+		res.LateWrites = l.late
+		res.CommitP50Ms = ms(percentile(l.commits, 50))
+		res.CommitP99Ms = ms(percentile(l.commits, 99))
+		res.AfterCommitP50Ms = ms(percentile(l.afterCommit, 50))
+		res.AfterCommitP99Ms = ms(percentile(l.afterCommit, 99))
+		lat := l.check.Latencies
+		sortInt64s(lat)
+		res.LatencyP50Ms = ms(percentile(lat, 50))
+		res.LatencyP99Ms = ms(percentile(lat, 99))
+		res.LatencyMaxMs = ms(percentile(lat, 100))
+		res.Lost += l.check.Lost
+		res.Duplicates += l.check.Duplicates
+		res.OrderViolations += l.check.OrderViolations
+		res.Unexpected += l.check.Unexpected
+	}
+	res.MaxRSSMiB = maxRSSMiB()
+	res.LoadAvgEnd = loadAvg1()
+	return res, nil
+}
+
+// newRunner opens the database and creates the run's schema. cleanup drops
+// the schema and closes the pool.
+func newRunner(ctx context.Context, opts Options) (*runner, func(), error) {
+	db, _, err := accord.OpenDB(opts.DatabaseURL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("accord bench: %w", err)
+	}
+	// Enough idle connections that writers, the relay's reader and its
+	// acker never reconnect; database/sql keeps only 2 idle by default.
+	db.SetMaxOpenConns(64)
+	db.SetMaxIdleConns(64)
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := db.PingContext(pctx); err != nil {
+		_ = db.Close()
+		return nil, nil, fmt.Errorf("accord bench: PostgreSQL is not reachable at %s: %w", redactURL(opts.DatabaseURL), err)
+	}
+	r := &runner{
+		opts:   opts,
+		db:     db,
+		schema: randomName("accord_bench_"),
+		base:   time.Now(),
+		logger: slog.New(slog.NewTextHandler(opts.Progress, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}
+	if _, err := db.ExecContext(ctx, `CREATE SCHEMA "`+r.schema+`"`); err != nil {
+		_ = db.Close()
+		return nil, nil, fmt.Errorf("accord bench: create schema %s: %w", r.schema, err)
+	}
+	cleanup := func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		if _, err := db.ExecContext(dctx, `DROP SCHEMA IF EXISTS "`+r.schema+`" CASCADE`); err != nil {
+			r.logf("could not drop schema %s: %v (drop it by hand)", r.schema, err)
+		}
+		_ = db.Close()
+	}
+	return r, cleanup, nil
+}
+
+// migrateUp creates Accord's tables with prefix in the run's schema.
+func (r *runner) migrateUp(ctx context.Context, prefix string) error {
+	m, err := migrate.New(r.db, &migrate.Config{Dialect: accord.Postgres, Schema: r.schema, TablePrefix: prefix})
+	if err != nil {
+		return err
+	}
+	if _, err := m.Migrate(ctx, migrate.Up, nil); err != nil {
+		return fmt.Errorf("accord bench: migrate %s.%s*: %w", r.schema, prefix, err)
+	}
+	return nil
+}
+
+// migrateDown drops Accord's tables with prefix, so that autovacuum has
+// nothing left to do on them during the next phase.
+func (r *runner) migrateDown(ctx context.Context, prefix string) error {
+	m, err := migrate.New(r.db, &migrate.Config{Dialect: accord.Postgres, Schema: r.schema, TablePrefix: prefix})
+	if err != nil {
+		return err
+	}
+	if _, err := m.Migrate(context.WithoutCancel(ctx), migrate.Down, &migrate.MigrateOpts{MaxSteps: -1}); err != nil {
+		return fmt.Errorf("accord bench: migrate down %s.%s*: %w", r.schema, prefix, err)
+	}
+	return nil
+}
+
+func (r *runner) relayConfig(prefix string) *relay.Config {
+	return (&relay.Config{
+		Dialect:     accord.Postgres,
+		Schema:      r.schema,
+		TablePrefix: prefix,
+		Lanes:       r.opts.Lanes,
+		BatchSize:   r.opts.BatchSize,
+		Logger:      r.logger,
+	}).WithDefaults()
+}
+
+// background runs f in a goroutine; done is closed when it returned.
+type background struct {
+	done chan struct{}
+	err  error
+}
+
+func goBackground(f func() error) *background {
+	b := &background{done: make(chan struct{})}
+	go func() {
+		defer close(b.done)
+		b.err = f()
+	}()
+	return b
+}
+
+// waitSink waits until s received its target, printing progress every
+// couple of seconds. It fails when bg (the relay) returns first, when ctx
+// ends, or when nothing arrives for stallTimeout.
+func (r *runner) waitSink(ctx context.Context, s *sink, phase string, bg *background) error {
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	last, lastChange := int64(-1), time.Now()
+	for {
+		select {
+		case <-s.done:
+			return nil
+		case <-bg.done:
+			select {
+			case <-s.done:
+				return nil
+			default:
+			}
+			return fmt.Errorf("accord bench: %s: stopped after %d of %d events: %v", phase, s.Received(), s.target, bg.err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+			n := s.Received()
+			r.logf("  %s: %d of %d events received", phase, n, s.target)
+			if n != last {
+				last, lastChange = n, time.Now()
+			} else if time.Since(lastChange) > stallTimeout {
+				return fmt.Errorf("accord bench: %s: stalled at %d of %d events for %s", phase, n, s.target, stallTimeout)
+			}
+		}
+	}
+}
+
+// maxRSSMiB returns the peak resident set size of the process (VmHWM).
+func maxRSSMiB() float64 {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := sc.Text()
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			fields := strings.Fields(rest)
+			if len(fields) >= 1 {
+				kb, err := strconv.ParseFloat(fields[0], 64)
+				if err == nil {
+					return kb / 1024
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// loadAvg1 returns the 1-minute load average of the machine (0 if unknown).
+func loadAvg1() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
+}
+
+func ms(ns int64) float64 { return float64(ns) / 1e6 }
+
+func randomName(prefix string) string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+// redactURL hides the password of a database URL in messages.
+func redactURL(u string) string {
+	at := strings.LastIndex(u, "@")
+	scheme := strings.Index(u, "://")
+	if at < 0 || scheme < 0 || at < scheme {
+		return u
+	}
+	userinfo := u[scheme+3 : at]
+	if user, _, ok := strings.Cut(userinfo, ":"); ok {
+		return u[:scheme+3] + user + ":xxxxx" + u[at:]
+	}
+	return u
+}

@@ -1,0 +1,161 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/accordgo/accord"
+	"github.com/accordgo/accord/outbox"
+	"github.com/accordgo/accord/relay"
+)
+
+// latencyOutcome is what the latency phase measured.
+type latencyOutcome struct {
+	events       int
+	achievedRate float64
+	late         int64   // writes that started more than 10 ms after their scheduled time
+	commits      []int64 // sorted COMMIT durations (ns) of the writers
+	afterCommit  []int64 // sorted times (ns) from COMMIT returning to arrival
+	check        check
+}
+
+// latencyWriters returns the number of writer goroutines for rate events/s:
+// one per 100 events/s, at least 2, at most 64, so that a writer has 10 ms
+// per transaction and a slow fsync does not put the schedule behind.
+func latencyWriters(rate int) int { return max(2, min(64, rate/100)) }
+
+// latency runs a relay on an empty outbox with the given table prefix while
+// writers commit Rate events per second for LatencyDuration, one event per
+// transaction, and measures commit-to-destination latency.
+func (r *runner) latency(ctx context.Context, prefix string) (out latencyOutcome, err error) {
+	if err := r.migrateUp(ctx, prefix); err != nil {
+		return out, err
+	}
+	defer func() {
+		if derr := r.migrateDown(ctx, prefix); derr != nil && err == nil {
+			err = derr
+		}
+	}()
+	ob, err := outbox.New(&outbox.Config{Dialect: accord.Postgres, Schema: r.schema, TablePrefix: prefix})
+	if err != nil {
+		return out, err
+	}
+	rate := r.opts.Rate
+	n := max(1, int(int64(rate)*int64(r.opts.LatencyDuration)/int64(time.Second)))
+	out.events = n
+
+	s := newSink(r.base, n)
+	rl, err := relay.New(r.db, s, r.relayConfig(prefix))
+	if err != nil {
+		return out, err
+	}
+	bg := goBackground(func() error { return rl.Run(ctx) })
+	defer func() {
+		_ = rl.Close()
+		<-bg.done
+	}()
+	select {
+	case <-rl.Running():
+	case <-bg.done:
+		return out, fmt.Errorf("accord bench: latency: relay stopped: %v", bg.err)
+	}
+	// Let the relay settle (LISTEN, first empty read) before the clock runs.
+	time.Sleep(200 * time.Millisecond)
+
+	writers := latencyWriters(rate)
+	r.logf("latency (Accord): %d events/s for %s (%d events, one per transaction, %d writers)", rate, r.opts.LatencyDuration, n, writers)
+	ids := make([]string, n)
+	committedAt := make([]int64, n) // ns since r.base, just before COMMIT
+	commitDur := make([]int64, n)
+	commitEnd := make([]int64, n)
+	var late atomic.Int64
+	var lastCommit atomic.Int64
+	wctx, cancelWriters := context.WithCancel(ctx)
+	defer cancelWriters()
+	var wg sync.WaitGroup
+	errs := make([]error, writers)
+	start := time.Now()
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += writers {
+				due := start.Add(time.Duration(i) * time.Second / time.Duration(rate))
+				if wait := time.Until(due); wait > 0 {
+					select {
+					case <-time.After(wait):
+					case <-wctx.Done():
+						return
+					}
+				} else if -wait > 10*time.Millisecond {
+					late.Add(1)
+				}
+				key, msg := newEvent(i)
+				ids[i] = msg.UUID
+				tx, err := r.db.BeginTx(wctx, nil)
+				if err != nil {
+					errs[w] = err
+					cancelWriters()
+					return
+				}
+				if err := ob.WriteTx(wctx, tx, outbox.Event{Topic: Topic, Key: key, Message: msg}); err != nil {
+					_ = tx.Rollback()
+					errs[w] = err
+					cancelWriters()
+					return
+				}
+				committedAt[i] = r.since()
+				if err := tx.Commit(); err != nil {
+					errs[w] = err
+					cancelWriters()
+					return
+				}
+				now := r.since()
+				commitDur[i] = now - committedAt[i]
+				commitEnd[i] = now
+				for {
+					prev := lastCommit.Load()
+					if now <= prev || lastCommit.CompareAndSwap(prev, now) {
+						break
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return out, fmt.Errorf("accord bench: latency: writer: %w", err)
+	}
+	if err := ctx.Err(); err != nil {
+		return out, err
+	}
+	written := time.Duration(lastCommit.Load() - int64(start.Sub(r.base)))
+	out.achievedRate = float64(n) / written.Seconds()
+	out.late = late.Load()
+	sortInt64s(commitDur)
+	out.commits = commitDur
+	if err := r.waitSink(ctx, s, "latency (Accord)", bg); err != nil {
+		return out, err
+	}
+	_ = rl.Close()
+	<-bg.done
+	if bg.err != nil {
+		return out, fmt.Errorf("accord bench: latency: relay: %w", bg.err)
+	}
+	recs := s.receipts()
+	out.check = verify(recs, ids, committedAt)
+	out.afterCommit = verify(recs, ids, commitEnd).Latencies
+	sortInt64s(out.afterCommit)
+	lat := append([]int64(nil), out.check.Latencies...)
+	sortInt64s(lat)
+	r.logf("latency (Accord): achieved %.1f events/s (%d writes started >10 ms late, COMMIT p50 %.2f ms p99 %.2f ms); p50 %.2f ms, p99 %.2f ms, max %.2f ms; from COMMIT returning: p50 %.2f ms, p99 %.2f ms (lost %d, duplicates %d, order violations %d, unexpected %d)",
+		out.achievedRate, out.late, ms(percentile(out.commits, 50)), ms(percentile(out.commits, 99)),
+		ms(percentile(lat, 50)), ms(percentile(lat, 99)), ms(percentile(lat, 100)),
+		ms(percentile(out.afterCommit, 50)), ms(percentile(out.afterCommit, 99)),
+		out.check.Lost, out.check.Duplicates, out.check.OrderViolations, out.check.Unexpected)
+	return out, nil
+}

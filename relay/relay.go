@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/accordgo/accord"
 	"github.com/accordgo/accord/internal/sqlstore"
@@ -52,12 +53,13 @@ type Stats struct {
 // deletes them once the publisher accepted them. See the package doc for the
 // guarantees.
 type Relay struct {
-	db    *sql.DB
-	pub   message.Publisher
-	cfg   *Config
-	names sqlstore.Names
-	log   *slog.Logger
-	obs   Observer
+	db     *sql.DB
+	pub    message.Publisher
+	cfg    *Config
+	names  sqlstore.Names
+	log    *slog.Logger
+	obs    Observer
+	tracer trace.Tracer
 
 	started atomic.Bool
 	running chan struct{}
@@ -109,6 +111,7 @@ func New(db *sql.DB, pub message.Publisher, cfg *Config) (*Relay, error) {
 		names:      names,
 		log:        cfg.Logger.With("component", "accord.relay", "table", names.Outbox()),
 		obs:        cfg.Observer,
+		tracer:     cfg.TracerProvider.Tracer(tracerName),
 		running:    make(chan struct{}),
 		done:       make(chan struct{}),
 		inflight:   map[int64]struct{}{},

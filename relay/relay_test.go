@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/accordgo/accord"
@@ -527,4 +528,46 @@ func TestObserver(t *testing.T) {
 	require.Positive(t, obs.lastAttempt)
 	require.Positive(t, obs.reads)
 	require.Positive(t, obs.maxLag)
+}
+
+// With accord.notify = 'off' the trigger does not NOTIFY (write-heavy
+// producers avoid PostgreSQL's commit serialization); the relay still finds
+// the rows by polling.
+func TestNotifyCanBeTurnedOff(t *testing.T) {
+	t.Parallel()
+	env := dbtest.PostgresSchema(t)
+	ob := newOutbox(t, env)
+	ctx := context.Background()
+	connect := func() *pgx.Conn {
+		c, err := pgx.Connect(ctx, dbtest.PostgresURL())
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = c.Close(context.Background()) })
+		return c
+	}
+	listener, quiet, loud := connect(), connect(), connect()
+	_, err := listener.Exec(ctx, `LISTEN "`+env.Schema+`.accord_outbox"`)
+	require.NoError(t, err)
+	_, err = quiet.Exec(ctx, "SET accord.notify = 'off'")
+	require.NoError(t, err)
+	write := func(c *pgx.Conn) string {
+		tx, err := c.Begin(ctx)
+		require.NoError(t, err)
+		m := outbox.NewMessage([]byte("x"))
+		require.NoError(t, ob.WritePgxTx(ctx, tx, outbox.Event{Topic: "t", Key: "k", Message: m}))
+		require.NoError(t, tx.Commit(ctx))
+		return m.UUID
+	}
+	quietID := write(quiet)
+	write(loud)
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	n, err := listener.WaitForNotification(wctx)
+	require.NoError(t, err)
+	// The quiet transaction committed first: had it notified, its
+	// notification would come first.
+	require.Equal(t, loud.PgConn().PID(), n.PID, "the quiet transaction notified")
+
+	sink := newMemSink()
+	startRelay(t, env, sink, &relay.Config{PollInterval: 50 * time.Millisecond, DisableNotify: true})
+	waitFor(t, 10*time.Second, "the quiet row found by polling", func() bool { return sink.has(quietID) })
 }

@@ -18,7 +18,7 @@ var traceContext = propagation.TraceContext{}
 // startPublishSpan starts the span of one publish call, linked to the trace
 // context of every event's writing transaction.
 func (r *Relay) startPublishSpan(ctx context.Context, group []item, attempt int) (context.Context, trace.Span) {
-	tracer := r.cfg.TracerProvider.Tracer(tracerName)
+	tracer := r.tracer
 	links := make([]trace.Link, 0, len(group))
 	for _, it := range group {
 		if sc := writerSpanContext(it.row.Metadata); sc.IsValid() {

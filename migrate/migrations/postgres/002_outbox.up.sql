@@ -17,9 +17,15 @@ CREATE TABLE {{table "outbox"}} (
 
 -- Wakes the relay when a transaction that wrote outbox rows commits
 -- (NOTIFY is delivered at commit and folded to one per transaction).
+-- PostgreSQL serializes the commits of notifying transactions (a global lock
+-- taken at commit), so write-heavy producers can turn it off with the
+-- setting accord.notify = 'off' (per database, role or session); the relay
+-- then finds rows by polling.
 CREATE FUNCTION {{func "outbox_notify"}}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('{{.Channel}}', '');
+    IF coalesce(current_setting('accord.notify', true), '') <> 'off' THEN
+        PERFORM pg_notify('{{.Channel}}', '');
+    END IF;
     RETURN NULL;
 END
 $$;

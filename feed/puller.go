@@ -8,11 +8,10 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"runtime/debug"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/accordgo/accord"
+	"github.com/accordgo/accord/internal/service"
 	"github.com/accordgo/accord/internal/sqlstore"
 	"github.com/accordgo/accord/outbox"
 )
@@ -233,13 +232,7 @@ type Puller struct {
 	handler HandlerFunc
 	log     *slog.Logger
 
-	started atomic.Bool
-	running chan struct{}
-	done    chan struct{}
-
-	mu     sync.Mutex
-	cancel context.CancelFunc
-	closed bool
+	life *service.Lifecycle
 }
 
 // NewPuller returns a puller that fetches from fetcher and applies events
@@ -276,29 +269,18 @@ func NewPuller(db *sql.DB, fetcher Fetcher, cfg *PullerConfig, handler HandlerFu
 		names:   names,
 		handler: handler,
 		log:     cfg.Logger.With("component", "accord.feed.puller", "consumer", cfg.Consumer, "feed", cfg.Feed),
-		running: make(chan struct{}),
-		done:    make(chan struct{}),
+		life:    service.New(),
 	}, nil
 }
 
 // Running is closed once Run has started.
-func (p *Puller) Running() chan struct{} { return p.running }
+func (p *Puller) Running() chan struct{} { return p.life.Running() }
 
 // Close stops a running puller as if Run's context had been cancelled and
 // waits for Run to return. A page being applied is rolled back and fetched
 // again by the next run. Close is idempotent and safe before Run.
 func (p *Puller) Close() error {
-	p.mu.Lock()
-	wasClosed := p.closed
-	p.closed = true
-	cancel := p.cancel
-	p.mu.Unlock()
-	if cancel != nil {
-		cancel()
-	}
-	if !wasClosed && cancel != nil {
-		<-p.done
-	}
+	p.life.Close()
 	return nil
 }
 
@@ -348,20 +330,15 @@ func (p *Puller) SetCursorTx(ctx context.Context, tx *sql.Tx, cursor string) err
 //     SetCursorTx;
 //   - ErrAlreadyRunning.
 func (p *Puller) Run(ctx context.Context) error {
-	if !p.started.CompareAndSwap(false, true) {
-		return ErrAlreadyRunning
-	}
-	defer close(p.done)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
+	ctx, finish, first, ok := p.life.Start(ctx)
+	if !ok {
+		if !first {
+			return ErrAlreadyRunning
+		}
 		return nil
 	}
-	p.cancel = cancel
-	p.mu.Unlock()
-	close(p.running)
+	defer finish()
+	p.life.MarkRunning()
 	p.log.InfoContext(ctx, "feed puller started", "batch_size", p.cfg.BatchSize, "wait", p.cfg.Wait)
 
 	fetchFailures, dbFailures := 0, 0

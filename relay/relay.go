@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/accordgo/accord"
+	"github.com/accordgo/accord/internal/service"
 	"github.com/accordgo/accord/internal/sqlstore"
 	"github.com/accordgo/accord/outbox"
 )
@@ -61,13 +62,9 @@ type Relay struct {
 	obs    Observer
 	tracer trace.Tracer
 
-	started atomic.Bool
-	running chan struct{}
-	done    chan struct{}
+	life *service.Lifecycle
 
 	mu       sync.Mutex
-	cancel   context.CancelFunc
-	closed   bool
 	inflight map[int64]struct{}
 	released chan struct{} // signalled when in-flight rows are released
 	// reads counts reads started; tombstones maps rows deleted by the acker
@@ -112,8 +109,7 @@ func New(db *sql.DB, pub message.Publisher, cfg *Config) (*Relay, error) {
 		log:        cfg.Logger.With("component", "accord.relay", "table", names.Outbox()),
 		obs:        cfg.Observer,
 		tracer:     cfg.TracerProvider.Tracer(tracerName),
-		running:    make(chan struct{}),
-		done:       make(chan struct{}),
+		life:       service.New(),
 		inflight:   map[int64]struct{}{},
 		tombstones: map[int64]int64{},
 		released:   make(chan struct{}, 1),
@@ -122,7 +118,7 @@ func New(db *sql.DB, pub message.Publisher, cfg *Config) (*Relay, error) {
 }
 
 // Running is closed once Run has started its workers.
-func (r *Relay) Running() chan struct{} { return r.running }
+func (r *Relay) Running() chan struct{} { return r.life.Running() }
 
 // Wake tells the relay that rows were committed, so that it reads now
 // instead of at the next poll. Useful on SQLite, where there is no
@@ -169,17 +165,7 @@ func (r *Relay) Stats() Stats {
 // Close stops a running relay as if Run's context had been cancelled and
 // waits for Run to return. It is idempotent and safe before Run.
 func (r *Relay) Close() error {
-	r.mu.Lock()
-	wasClosed := r.closed
-	r.closed = true
-	cancel := r.cancel
-	r.mu.Unlock()
-	if cancel != nil {
-		cancel()
-	}
-	if !wasClosed && r.started.Load() && cancel != nil {
-		<-r.done
-	}
+	r.life.Close()
 	return nil
 }
 
@@ -201,19 +187,14 @@ type item struct {
 // deletes what was published and returns nil. It returns an error at once if
 // the outbox table does not exist (ErrNotMigrated) or Run was called before.
 func (r *Relay) Run(ctx context.Context) error {
-	if !r.started.CompareAndSwap(false, true) {
-		return ErrAlreadyRunning
-	}
-	defer close(r.done)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
+	ctx, finish, first, ok := r.life.Start(ctx)
+	if !ok {
+		if !first {
+			return ErrAlreadyRunning
+		}
 		return nil
 	}
-	r.cancel = cancel
-	r.mu.Unlock()
+	defer finish()
 
 	if err := r.checkTable(ctx); err != nil {
 		return err
@@ -249,7 +230,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	}
 	r.log.InfoContext(ctx, "relay started", "lanes", r.cfg.Lanes, "batch_size", r.cfg.BatchSize,
 		"poll_interval", r.cfg.PollInterval, "notify", r.cfg.Dialect == accord.Postgres && !r.cfg.DisableNotify)
-	close(r.running)
+	r.life.MarkRunning()
 
 	r.readLoop(ctx, lanes)
 

@@ -1,45 +1,14 @@
 package inbox_test
 
 import (
-	"context"
 	"database/sql"
-	"os"
-	"path/filepath"
-
-	"github.com/accordgo/accord"
-	"github.com/accordgo/accord/migrate"
+	"github.com/accordgo/accord/internal/dbtest"
 )
 
-// openExampleDB opens a new SQLite database in a temporary directory,
-// applies Accord's migrations and creates the examples' business table,
-// with one account "alice" at 0. The returned function closes the database
-// and removes the directory.
+// openExampleDB opens a migrated SQLite database in a temporary directory
+// with the examples' business table and one account "alice" at 0.
 func openExampleDB() (*sql.DB, func()) {
-	dir, err := os.MkdirTemp("", "accord-example-")
-	if err != nil {
-		panic(err)
-	}
-	db, dialect, err := accord.OpenDB("sqlite://" + filepath.Join(dir, "app.db"))
-	if err != nil {
-		panic(err)
-	}
-	cleanup := func() {
-		_ = db.Close()
-		_ = os.RemoveAll(dir)
-	}
-	ctx := context.Background()
-	m, err := migrate.New(db, &migrate.Config{Dialect: dialect})
-	if err != nil {
-		panic(err)
-	}
-	if _, err := m.Migrate(ctx, migrate.Up, nil); err != nil {
-		panic(err)
-	}
-	if _, err := db.ExecContext(ctx, `CREATE TABLE accounts (id TEXT PRIMARY KEY, balance INTEGER NOT NULL);
-		INSERT INTO accounts VALUES ('alice', 0)`); err != nil {
-		panic(err)
-	}
-	return db, cleanup
+	return dbtest.ExampleSQLite("CREATE TABLE accounts (id TEXT PRIMARY KEY, balance INTEGER NOT NULL)", "INSERT INTO accounts VALUES ('alice', 0)")
 }
 
 // balance returns alice's balance.

@@ -2,6 +2,7 @@ package inbox_test
 
 import (
 	"database/sql"
+
 	"github.com/accordgo/accord/internal/dbtest"
 )
 

@@ -99,8 +99,12 @@ func TestUniversalPubSubRedisStream(t *testing.T) {
 // the relay publishes the rows through the broker at brokerURL(group), and
 // the suite subscribes with that broker's subscriber of the group.
 func runUniversalSuite(t *testing.T, brokerURL func(group string) string, features tests.Features, used *usedNames) {
+	runUniversalSuiteIn(t, dbtest.PostgresSchema(t), brokerURL, features, used)
+}
+
+// runUniversalSuiteIn is runUniversalSuite with the outbox in env.
+func runUniversalSuiteIn(t *testing.T, env dbtest.Env, brokerURL func(group string) string, features tests.Features, used *usedNames) {
 	start := time.Now()
-	env := dbtest.PostgresSchema(t)
 	ob := newOutbox(t, env)
 	dest := openTestBroker(t, brokerURL(suiteGroup))
 	startRelay(t, env, &recordingPublisher{Publisher: dest.Publisher, used: used}, nil)

@@ -3,10 +3,11 @@
 //
 //	gochannel (or "" or inprocess)   watermill GoChannel, in process, persistent
 //	log (or stdout)                  one JSON line per message on stdout
-//	nats://host:4222[?subject_prefix=p]
-//	                                 NATS JetStream, deduplicated on the message UUID
+//	nats://host:4222[?subject_prefix=p&publisher=async|watermill&ack_timeout=10s&max_pending=4096]
+//	                                 NATS JetStream, deduplicated on the message UUID;
+//	                                 each Publish call's messages are sent pipelined
 //	postgres://... (or postgresql://)
-//	                                 watermill-sql topic tables in PostgreSQL
+//	                                 watermill-sql topic tables in PostgreSQL (BYTEA payloads)
 //	amqp://user:pass@host:5672/vhost[?consumer_group=g&declare_queue=true] (or amqps://)
 //	                                 RabbitMQ: a durable fanout exchange per topic,
 //	                                 persistent messages, publisher confirms
@@ -16,9 +17,9 @@
 //	                                 Kafka: acks=all, idempotent producer, Kafka key
 //	                                 (and so the partition) = the accord_key
 //
-// The file of each transport (amqp.go, redis.go, kafka.go, nats.go,
-// postgres.go) documents how topics map to the broker's objects and what
-// every query parameter does.
+// The file of each transport (amqp.go, redis.go, kafka.go, nats.go with
+// jetstream.go and natssub.go, postgres.go) documents how topics map to the
+// broker's objects and what every query parameter does.
 //
 // It is internal: the library itself takes any message.Publisher, and this
 // package only spares CLI users from writing a program to get one.

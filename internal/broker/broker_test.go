@@ -26,7 +26,7 @@ import (
 // testTimeout bounds every wait on a broker.
 const testTimeout = 30 * time.Second
 
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	t.Helper()
 	w := &tWriter{t: t}
 	t.Cleanup(w.stop)
@@ -38,7 +38,7 @@ func testLogger(t *testing.T) *slog.Logger {
 // stream reader) log a little after their subscriber closed, and t.Log after
 // the test is a panic and a data race.
 type tWriter struct {
-	t       *testing.T
+	t       testing.TB
 	mu      sync.Mutex
 	stopped bool
 }
@@ -58,7 +58,7 @@ func (w *tWriter) stop() {
 	w.mu.Unlock()
 }
 
-func openBroker(t *testing.T, url string, opts *OpenOpts) *Broker {
+func openBroker(t testing.TB, url string, opts *OpenOpts) *Broker {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
@@ -216,7 +216,7 @@ func TestLog(t *testing.T) {
 }
 
 // natsAdmin is a separate connection to inspect and clean up streams.
-func natsAdmin(t *testing.T) nats.JetStreamContext {
+func natsAdmin(t testing.TB) nats.JetStreamContext {
 	t.Helper()
 	nc, err := nats.Connect(dbtest.NATSURL(), nats.Timeout(5*time.Second))
 	require.NoError(t, err, "NATS with JetStream must run at %s (start nats-server -js, or set ACCORD_TEST_NATS_URL)", dbtest.NATSURL())
@@ -227,7 +227,7 @@ func natsAdmin(t *testing.T) nats.JetStreamContext {
 }
 
 // deleteStreamOf removes the stream that stores subject when the test ends.
-func deleteStreamOf(t *testing.T, js nats.JetStreamContext, subject string) {
+func deleteStreamOf(t testing.TB, js nats.JetStreamContext, subject string) {
 	t.Helper()
 	t.Cleanup(func() {
 		name, err := js.StreamNameBySubject(subject)

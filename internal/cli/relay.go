@@ -65,12 +65,18 @@ Brokers (--broker):
                              for trying things out)
   gochannel, inprocess       watermill GoChannel inside this process (nobody
                              else can subscribe: for demos only)
-  nats://host:4222[?subject_prefix=p]
+  nats://host:4222[?subject_prefix=p&publisher=async&ack_timeout=10s&max_pending=4096]
                              NATS JetStream: subject <p>.<topic>, stream found
                              by subject or created, duplicates dropped on the
-                             message UUID (Nats-Msg-Id)
-  postgres://...             watermill-sql topic tables (watermill_<topic>) in
-                             that database, for broker-less setups
+                             message UUID (Nats-Msg-Id); one ack round trip per
+                             message (order holds even on failures), or with
+                             publisher=async the messages of one publish call
+                             are sent at once and all their acks awaited (about
+                             12x faster; a message that failed may be stored
+                             after later ones of its call)
+  postgres://...             watermill-sql topic tables (watermill_<topic>,
+                             BYTEA payloads) in that database, for broker-less
+                             setups
   amqp://user:pass@host:5672/vhost[?declare_queue=true&consumer_group=g]
                              RabbitMQ (amqps:// for TLS): durable fanout
                              exchange <topic>, persistent messages, publisher

@@ -2,40 +2,18 @@ package accordprom_test
 
 import (
 	"bufio"
-	"context"
 	"database/sql"
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 
-	"github.com/accordgo/accord"
-	"github.com/accordgo/accord/migrate"
+	"github.com/accordgo/accord/internal/dbtest"
 )
 
 // openExampleDB opens a new, migrated SQLite database in a temporary
 // directory. The returned function closes it and removes the directory.
 func openExampleDB() (*sql.DB, func()) {
-	dir, err := os.MkdirTemp("", "accordprom-example-")
-	if err != nil {
-		panic(err)
-	}
-	db, dialect, err := accord.OpenDB("sqlite://" + filepath.Join(dir, "app.db"))
-	if err != nil {
-		panic(err)
-	}
-	m, err := migrate.New(db, &migrate.Config{Dialect: dialect})
-	if err != nil {
-		panic(err)
-	}
-	if _, err := m.Migrate(context.Background(), migrate.Up, nil); err != nil {
-		panic(err)
-	}
-	return db, func() {
-		_ = db.Close()
-		_ = os.RemoveAll(dir)
-	}
+	return dbtest.ExampleSQLite()
 }
 
 // scrape gets url as Prometheus does and prints the samples of the

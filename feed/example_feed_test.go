@@ -5,40 +5,20 @@ import (
 	"database/sql"
 	"fmt"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strconv"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 
 	"github.com/accordgo/accord"
 	"github.com/accordgo/accord/feed"
-	"github.com/accordgo/accord/migrate"
+	"github.com/accordgo/accord/internal/dbtest"
 	"github.com/accordgo/accord/outbox"
 )
 
 // openExampleDB opens a new, migrated SQLite database in a temporary
 // directory. The returned function closes it and removes the directory.
 func openExampleDB() (*sql.DB, func()) {
-	dir, err := os.MkdirTemp("", "accord-feed-example-")
-	if err != nil {
-		panic(err)
-	}
-	db, dialect, err := accord.OpenDB("sqlite://" + filepath.Join(dir, "app.db"))
-	if err != nil {
-		panic(err)
-	}
-	m, err := migrate.New(db, &migrate.Config{Dialect: dialect})
-	if err != nil {
-		panic(err)
-	}
-	if _, err := m.Migrate(context.Background(), migrate.Up, nil); err != nil {
-		panic(err)
-	}
-	return db, func() {
-		_ = db.Close()
-		_ = os.RemoveAll(dir)
-	}
+	return dbtest.ExampleSQLite()
 }
 
 // A producer appends events to its feed (here through the Publisher the

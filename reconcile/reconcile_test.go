@@ -138,7 +138,7 @@ func TestFindAndRepairDrift(t *testing.T) {
 		upsert(t, replicaEnv, "users_replica", "u10", "corrupted", 0) // stale
 		upsert(t, replicaEnv, "users_replica", "u11", "corrupted", 1) // stale (source has 4)
 		upsert(t, replicaEnv, "users_replica", "u12", "corrupted", 9) // ahead
-		for _, id := range []string{"u20", "u21", "u22"} {          // missing
+		for _, id := range []string{"u20", "u21", "u22"} {            // missing
 			_, err := replicaEnv.DB.Exec("DELETE FROM "+qualify(replicaEnv, "users_replica")+" WHERE id = "+ph(replicaEnv.Dialect, 1), id)
 			require.NoError(t, err)
 		}

@@ -95,6 +95,7 @@ func (r *runner) accordDrain(ctx context.Context, prefix string, n int) (out pha
 	r.logf("drain (Accord): wrote %d events in %.2f s (%.0f events/s); starting the relay", out.backlog, out.seed.Seconds(), float64(out.backlog)/out.seed.Seconds())
 
 	s := newSink(r.base, n)
+	s.delay = r.opts.PublishLatency
 	cfg := r.relayConfig(prefix)
 	rl, err := relay.New(r.db, s, cfg)
 	if err != nil {

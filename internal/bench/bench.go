@@ -81,6 +81,10 @@ type Options struct {
 	// Lanes and BatchSize configure the Accord relay; 0 means the relay's
 	// defaults.
 	Lanes, BatchSize int
+	// PublishLatency is slept in every publish call of the in-process sink,
+	// for Accord and the forwarder alike, to stand for a broker round trip.
+	// Defaults to 0.
+	PublishLatency time.Duration
 	// Progress receives one line per phase step. Defaults to os.Stderr.
 	Progress io.Writer
 	// CPUProfile, when not nil, receives a CPU profile (pprof format) taken
@@ -139,8 +143,10 @@ type Result struct {
 	Backlog     int64  `json:"backlog"`
 	Destination string `json:"destination"`
 	Relays      int    `json:"relays"`
-	Lanes       int    `json:"lanes"`
-	BatchSize   int    `json:"batch_size"`
+	// PublishLatencyMS is the injected per-publish-call latency.
+	PublishLatencyMS float64 `json:"publish_latency_ms"`
+	Lanes            int     `json:"lanes"`
+	BatchSize        int     `json:"batch_size"`
 
 	SeedSeconds       float64 `json:"seed_seconds"`
 	DrainSeconds      float64 `json:"drain_seconds"`
@@ -232,15 +238,16 @@ func RunRelay(ctx context.Context, opts Options) (*Result, error) {
 
 	rc := r.relayConfig("")
 	res := &Result{
-		Events:       opts.Events,
-		Destination:  "inprocess",
-		Relays:       1,
-		Lanes:        rc.Lanes,
-		BatchSize:    rc.BatchSize,
-		Rate:         opts.Rate,
-		GoVersion:    runtime.Version(),
-		LoadAvgStart: loadAvg1(),
-		CPUs:         runtime.NumCPU(),
+		Events:           opts.Events,
+		Destination:      "inprocess",
+		Relays:           1,
+		PublishLatencyMS: float64(opts.PublishLatency) / float64(time.Millisecond),
+		Lanes:            rc.Lanes,
+		BatchSize:        rc.BatchSize,
+		Rate:             opts.Rate,
+		GoVersion:        runtime.Version(),
+		LoadAvgStart:     loadAvg1(),
+		CPUs:             runtime.NumCPU(),
 	}
 	if err := r.db.QueryRowContext(ctx, "SHOW server_version").Scan(&res.PostgresVersion); err != nil {
 		return nil, fmt.Errorf("accord bench: read server version: %w", err)

@@ -18,6 +18,28 @@ import (
 // TestRunRelaySmall runs the whole benchmark on a small backlog and checks
 // that neither relay lost, duplicated or reordered anything. It asserts
 // nothing about timings.
+// With an injected publish latency every publish call of the destination
+// sleeps, and delivery still verifies.
+func TestRunRelayPublishLatency(t *testing.T) {
+	dbtest.Postgres(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	res, err := RunRelay(ctx, Options{
+		DatabaseURL:     dbtest.PostgresURL(),
+		Events:          1000,
+		LatencyDuration: -1,
+		NoForwarder:     true,
+		PublishLatency:  time.Millisecond,
+		Progress:        t.Output(),
+	})
+	require.NoError(t, err)
+	require.EqualValues(t, 1000, res.Backlog)
+	require.Equal(t, 1.0, res.PublishLatencyMS)
+	require.Zero(t, res.Lost)
+	require.Zero(t, res.Duplicates)
+	require.Zero(t, res.OrderViolations)
+}
+
 func TestRunRelaySmall(t *testing.T) {
 	dbtest.Postgres(t) // fails with instructions when PostgreSQL is not reachable
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

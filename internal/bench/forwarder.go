@@ -101,6 +101,7 @@ func (r *runner) forwarderDrain(ctx context.Context, n int) (out phaseOutcome, e
 	r.logf("forwarder (watermill): wrote %d events in %.2f s (%.0f events/s); starting the forwarder", out.backlog, out.seed.Seconds(), float64(out.backlog)/out.seed.Seconds())
 
 	s := newSink(r.base, n)
+	s.delay = r.opts.PublishLatency
 	fwd, err := forwarder.NewForwarder(sub, s, logger, forwarder.Config{})
 	if err != nil {
 		return out, fmt.Errorf("accord bench: forwarder: %w", err)

@@ -49,6 +49,7 @@ func (r *runner) latency(ctx context.Context, prefix string) (out latencyOutcome
 	out.events = n
 
 	s := newSink(r.base, n)
+	s.delay = r.opts.PublishLatency
 	rl, err := relay.New(r.db, s, r.relayConfig(prefix))
 	if err != nil {
 		return out, err

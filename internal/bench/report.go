@@ -17,6 +17,9 @@ func (res *Result) WriteTable(w io.Writer) error {
 		res.PostgresVersion, res.GoVersion, res.CPUs, res.Destination, res.Relays, res.Lanes, res.BatchSize)
 	row("Figure", "Value")
 	row("------", "-----")
+	if res.PublishLatencyMS > 0 {
+		row("injected publish latency", "%.3g ms per publish call (Accord and forwarder)", res.PublishLatencyMS)
+	}
 	row("Accord drain", "%s events/s (%d events in %.3f s)", thousands(res.DrainEventsPerSec), res.Backlog, res.DrainSeconds)
 	if res.ForwarderEventsPerSec > 0 {
 		row("watermill forwarder drain", "%s events/s (%d events in %.3f s)", thousands(res.ForwarderEventsPerSec), res.Events, res.ForwarderSeconds)

@@ -36,6 +36,7 @@ type receipt struct {
 type sink struct {
 	base   time.Time // clock base shared with the writers of the latency phase
 	target int64
+	delay  time.Duration // slept in every Publish call (Options.PublishLatency)
 
 	mu   sync.Mutex
 	recs []receipt
@@ -54,6 +55,9 @@ func newSink(base time.Time, target int) *sink {
 
 // Publish records msgs with the time of the call.
 func (s *sink) Publish(_ string, msgs ...*message.Message) error {
+	if s.delay > 0 {
+		time.Sleep(s.delay)
+	}
 	at := int64(time.Since(s.base))
 	var one [1]receipt
 	local := one[:0]

@@ -60,6 +60,8 @@ figures.
 				return usageErrorf("--events %d: must be positive", opts.Events)
 			case opts.Rate < 1:
 				return usageErrorf("--rate %d: must be positive", opts.Rate)
+			case opts.PublishLatency < 0:
+				return usageErrorf("--publish-latency %s: must not be negative", opts.PublishLatency)
 			case opts.LatencyDuration < 0:
 				return usageErrorf("--duration %s: must not be negative (0 skips the latency phase)", opts.LatencyDuration)
 			case opts.LatencyDuration == 0:
@@ -102,6 +104,7 @@ figures.
 	f.IntVar(&opts.Rate, "rate", bench.RateDefault, "events per second written during the latency phase")
 	f.DurationVar(&opts.LatencyDuration, "duration", bench.LatencyDurationDefault, "length of the latency phase (0 skips it)")
 	f.BoolVar(&opts.NoForwarder, "no-forwarder", false, "skip the watermill forwarder phase")
+	f.DurationVar(&opts.PublishLatency, "publish-latency", 0, "sleep this long in every publish call of the in-process destination (a broker round trip), for Accord and the forwarder alike")
 	f.IntVar(&opts.Lanes, "lanes", 0, "Accord relay lanes (0: the relay default, "+strconv.Itoa(relay.LanesDefault)+")")
 	f.IntVar(&opts.BatchSize, "batch-size", 0, "Accord relay batch size (0: the relay default, "+strconv.Itoa(relay.BatchSizeDefault)+")")
 	f.BoolVar(&asJSON, "json", false, "also print the result as one JSON object on the last line")

@@ -7,9 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"strconv"
 	"sync/atomic"
 	"syscall"
@@ -25,6 +23,7 @@ import (
 	"github.com/accordgo/accord"
 	"github.com/accordgo/accord/inbox"
 	"github.com/accordgo/accord/internal/dbtest"
+	"github.com/accordgo/accord/internal/testproc"
 	"github.com/accordgo/accord/outbox"
 )
 
@@ -93,7 +92,7 @@ func TestCrashKillDashNine(t *testing.T) {
 	spec.BlockAfterCommit = 60
 	first := startConsumerChild(t, spec)
 	waitFor(t, 60*time.Second, "the first consumer to apply 60 messages", func() bool { return count("applied") >= 60 })
-	first.kill(t)
+	first.Kill(t)
 	require.Equal(t, 60, count("applied"), "the first consumer went on after blocking")
 	waitFor(t, 10*time.Second, "JetStream to notice the first consumer is gone", func() bool { return !consumerInfo().PushBound })
 
@@ -103,7 +102,7 @@ func TestCrashKillDashNine(t *testing.T) {
 	waitFor(t, 60*time.Second, "the second consumer to block in a transaction", func() bool { return count("blocked") == 1 })
 	var blockedID string
 	require.NoError(t, env.DB.QueryRow("SELECT message_id FROM "+qualified(env, "blocked")).Scan(&blockedID))
-	second.kill(t)
+	second.Kill(t)
 	var blockedApplied int
 	require.NoError(t, env.DB.QueryRow("SELECT count(*) FROM "+qualified(env, "applied")+" WHERE message_id = $1", blockedID).Scan(&blockedApplied))
 	require.Zero(t, blockedApplied, "the killed transaction committed")
@@ -121,7 +120,7 @@ func TestCrashKillDashNine(t *testing.T) {
 		info := consumerInfo()
 		return info.NumPending == 0 && info.NumAckPending == 0
 	})
-	third.kill(t)
+	third.Kill(t)
 
 	var counter int
 	require.NoError(t, env.DB.QueryRow("SELECT n FROM "+qualified(env, "counter")+" WHERE id = 1").Scan(&counter))
@@ -277,69 +276,9 @@ func (o *childObserver) Duplicate(_ context.Context, ob inbox.Observation) {
 	o.duplicate(ob.MessageID)
 }
 
-// consumerChild is a consumer process started by startConsumerChild.
-type consumerChild struct {
-	cmd  *exec.Cmd
-	done chan struct{}
-	err  error
-}
-
-// startConsumerChild starts the test binary as a consumer process. It is
-// killed at the end of the test if still running; its log is shown if the
-// test failed.
-func startConsumerChild(t *testing.T, spec consumerChildSpec) *consumerChild {
+// startConsumerChild starts the test binary as a consumer process (see
+// TestMain).
+func startConsumerChild(t *testing.T, spec consumerChildSpec) *testproc.Child {
 	t.Helper()
-	js, err := json.Marshal(spec)
-	require.NoError(t, err)
-	exe, err := os.Executable()
-	require.NoError(t, err)
-	logPath := filepath.Join(t.TempDir(), "consumer.log")
-	logFile, err := os.Create(logPath)
-	require.NoError(t, err)
-	defer logFile.Close()
-	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), consumerChildEnv+"="+string(js))
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	require.NoError(t, cmd.Start())
-	c := &consumerChild{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		c.err = cmd.Wait()
-		close(c.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-c.done:
-		default:
-			_ = cmd.Process.Kill()
-			<-c.done
-		}
-		if t.Failed() {
-			out, _ := os.ReadFile(logPath)
-			if len(out) > 8000 {
-				out = append([]byte("...\n"), out[len(out)-8000:]...)
-			}
-			t.Logf("consumer process %d (%v):\n%s", cmd.Process.Pid, c.err, out)
-		}
-	})
-	return c
-}
-
-// kill sends SIGKILL and requires the process to die of it.
-func (c *consumerChild) kill(t *testing.T) {
-	t.Helper()
-	select {
-	case <-c.done:
-		t.Fatalf("consumer process %d exited before it was killed: %v", c.cmd.Process.Pid, c.err)
-	default:
-	}
-	require.NoError(t, c.cmd.Process.Kill())
-	select {
-	case <-c.done:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("consumer process %d still running 10 s after SIGKILL", c.cmd.Process.Pid)
-	}
-	var exitErr *exec.ExitError
-	require.ErrorAs(t, c.err, &exitErr)
-	ws := exitErr.Sys().(syscall.WaitStatus)
-	require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "consumer process: %v", c.err)
+	return testproc.Start(t, "consumer", consumerChildEnv, spec)
 }

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/accordgo/accord"
 	"github.com/accordgo/accord/internal/dbtest"
+	"github.com/accordgo/accord/internal/testproc"
 	"github.com/accordgo/accord/outbox"
 	"github.com/accordgo/accord/relay"
 )
@@ -98,12 +98,7 @@ func TestKillDashNine(t *testing.T) {
 	waitFor(t, 60*time.Second, "2,000 published events and 200 concurrent writes", func() bool {
 		return sinkLineCount(t, spec.Sink) >= 2000 && written.Load() >= 200
 	})
-	require.NoError(t, first.cmd.Process.Kill())
-	err := first.wait(t, 10*time.Second)
-	var exitErr *exec.ExitError
-	require.ErrorAs(t, err, &exitErr, "the first relay exited on its own")
-	ws := exitErr.Sys().(syscall.WaitStatus)
-	require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "first relay: %v", err)
+	first.Kill(t)
 
 	stopWriters()
 	for w := range writers {
@@ -130,7 +125,7 @@ func TestKillDashNine(t *testing.T) {
 		lines, _ := readSink(t, spec.Sink)
 		return distinctIDs(lines) >= len(sent) && pending(t, env) == 0
 	})
-	second.stop(t, spec.ShutdownTimeout)
+	stopRelayChild(t, second, spec.ShutdownTimeout)
 
 	lines, partial := readSink(t, spec.Sink)
 	require.Zero(t, partial, "torn line after a graceful stop")
@@ -166,7 +161,7 @@ func TestGracefulShutdownSIGTERM(t *testing.T) {
 	}
 	first := startRelayChild(t, spec)
 	waitFor(t, 60*time.Second, "2,000 published events", func() bool { return sinkLineCount(t, spec.Sink) >= 2000 })
-	elapsed := first.stop(t, spec.ShutdownTimeout)
+	elapsed := stopRelayChild(t, first, spec.ShutdownTimeout)
 	t.Logf("relay exited %s after SIGTERM", elapsed.Round(time.Millisecond))
 
 	lines, partial := readSink(t, spec.Sink)
@@ -191,7 +186,7 @@ func TestGracefulShutdownSIGTERM(t *testing.T) {
 	waitFor(t, 120*time.Second, "the second relay to publish every event and empty the outbox", func() bool {
 		return sinkLineCount(t, spec.Sink) >= len(sent) && pending(t, env) == 0
 	})
-	second.stop(t, spec.ShutdownTimeout)
+	stopRelayChild(t, second, spec.ShutdownTimeout)
 
 	lines, _ = readSink(t, spec.Sink)
 	require.Zero(t, checkKeyedReceipts(t, sent, lines), "duplicates after a graceful shutdown")
@@ -443,81 +438,19 @@ func sinkLineCount(t *testing.T, path string) int {
 	return bytes.Count(data, []byte{'\n'})
 }
 
-// relayChild is a relay process started by startRelayChild.
-type relayChild struct {
-	cmd    *exec.Cmd
-	done   chan struct{}
-	err    error // the result of cmd.Wait, set when done is closed
-	stderr string
-}
-
-// startRelayChild starts the test binary as a relay process. It is killed
-// at the end of the test if still running; its log is shown if the test
-// failed.
-func startRelayChild(t *testing.T, spec relayChildSpec) *relayChild {
+// startRelayChild starts the test binary as a relay process (see TestMain).
+func startRelayChild(t *testing.T, spec relayChildSpec) *testproc.Child {
 	t.Helper()
-	js, err := json.Marshal(spec)
-	require.NoError(t, err)
-	exe, err := os.Executable()
-	require.NoError(t, err)
-	logPath := filepath.Join(t.TempDir(), "relay.log")
-	logFile, err := os.Create(logPath)
-	require.NoError(t, err)
-	defer logFile.Close()
-	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), relayChildEnv+"="+string(js))
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	require.NoError(t, cmd.Start())
-	c := &relayChild{cmd: cmd, done: make(chan struct{}), stderr: logPath}
-	go func() {
-		c.err = cmd.Wait()
-		close(c.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-c.done:
-		default:
-			_ = cmd.Process.Kill()
-			<-c.done
-		}
-		if t.Failed() {
-			out, _ := os.ReadFile(logPath)
-			if len(out) > 8000 {
-				out = append([]byte("...\n"), out[len(out)-8000:]...)
-			}
-			t.Logf("relay process %d (%v):\n%s", cmd.Process.Pid, c.err, out)
-		}
-	})
-	return c
+	return testproc.Start(t, "relay", relayChildEnv, spec)
 }
 
-// wait waits for the process to exit and returns cmd.Wait's error.
-func (c *relayChild) wait(t *testing.T, timeout time.Duration) error {
-	t.Helper()
-	select {
-	case <-c.done:
-		return c.err
-	case <-time.After(timeout):
-		t.Fatalf("relay process %d still running after %s", c.cmd.Process.Pid, timeout)
-		return nil
-	}
-}
-
-// stop sends SIGTERM and requires a clean exit (status 0) within
+// stopRelayChild sends SIGTERM and requires a clean exit (status 0) within
 // shutdownTimeout: Run stops reading at once and publishes what it already
 // read for at most ShutdownTimeout; the final delete and process exit take
 // milliseconds, well inside the margin a drain that short leaves.
-func (c *relayChild) stop(t *testing.T, shutdownTimeout time.Duration) time.Duration {
+func stopRelayChild(t *testing.T, c *testproc.Child, shutdownTimeout time.Duration) time.Duration {
 	t.Helper()
-	select {
-	case <-c.done:
-		t.Fatalf("relay process %d exited before SIGTERM: %v", c.cmd.Process.Pid, c.err)
-	default:
-	}
-	start := time.Now()
-	require.NoError(t, c.cmd.Process.Signal(syscall.SIGTERM))
-	err := c.wait(t, shutdownTimeout+10*time.Second)
-	elapsed := time.Since(start)
+	elapsed, err := c.Terminate(t, shutdownTimeout+10*time.Second)
 	require.NoError(t, err, "relay process exit status after SIGTERM")
 	require.Less(t, elapsed, shutdownTimeout, "relay process took longer than ShutdownTimeout to exit")
 	return elapsed

@@ -330,12 +330,9 @@ func (p *Puller) SetCursorTx(ctx context.Context, tx *sql.Tx, cursor string) err
 //     SetCursorTx;
 //   - ErrAlreadyRunning.
 func (p *Puller) Run(ctx context.Context) error {
-	ctx, finish, first, ok := p.life.Start(ctx)
+	ctx, finish, ok, err := p.life.Start(ctx, ErrAlreadyRunning)
 	if !ok {
-		if !first {
-			return ErrAlreadyRunning
-		}
-		return nil
+		return err
 	}
 	defer finish()
 	p.life.MarkRunning()

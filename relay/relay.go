@@ -187,12 +187,9 @@ type item struct {
 // deletes what was published and returns nil. It returns an error at once if
 // the outbox table does not exist (ErrNotMigrated) or Run was called before.
 func (r *Relay) Run(ctx context.Context) error {
-	ctx, finish, first, ok := r.life.Start(ctx)
+	ctx, finish, ok, err := r.life.Start(ctx, ErrAlreadyRunning)
 	if !ok {
-		if !first {
-			return ErrAlreadyRunning
-		}
-		return nil
+		return err
 	}
 	defer finish()
 

@@ -27,14 +27,13 @@ func New() *Lifecycle {
 	return &Lifecycle{running: make(chan struct{}), done: make(chan struct{})}
 }
 
-// Start begins a run. It returns ok=false when Run was called before
-// (first=false: the caller returns its ErrAlreadyRunning) or when Close came
-// first (first=true: the caller returns nil). Otherwise it returns the run's
-// context, cancelled by Close, and finish, which the caller defers to mark
-// the end of the run.
-func (l *Lifecycle) Start(ctx context.Context) (runCtx context.Context, finish func(), first, ok bool) {
+// Start begins a run. When it returns ok=false the caller's Run returns
+// err at once: alreadyRunning when Run was called before, nil when Close
+// came first. Otherwise it returns the run's context, cancelled by Close,
+// and finish, which the caller defers to mark the end of the run.
+func (l *Lifecycle) Start(ctx context.Context, alreadyRunning error) (runCtx context.Context, finish func(), ok bool, err error) {
 	if !l.started.CompareAndSwap(false, true) {
-		return nil, nil, false, false
+		return nil, nil, false, alreadyRunning
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	finish = func() {
@@ -45,10 +44,10 @@ func (l *Lifecycle) Start(ctx context.Context) (runCtx context.Context, finish f
 	defer l.mu.Unlock()
 	if l.closed {
 		finish()
-		return nil, nil, true, false
+		return nil, nil, false, nil
 	}
 	l.cancel = cancel
-	return ctx, finish, true, true
+	return ctx, finish, true, nil
 }
 
 // MarkRunning closes the Running channel.

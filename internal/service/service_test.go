@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"context"
+	"errors"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -12,12 +13,13 @@ import (
 func TestLifecycle(t *testing.T) {
 	t.Parallel()
 	l := service.New()
-	ctx, finish, first, ok := l.Start(context.Background())
-	require.True(t, first)
+	errAgain := errors.New("already running")
+	ctx, finish, ok, err := l.Start(context.Background(), errAgain)
 	require.True(t, ok)
-	_, _, first, ok = l.Start(context.Background())
-	require.False(t, first, "a second Start must be refused")
-	require.False(t, ok)
+	require.NoError(t, err)
+	_, _, ok, err = l.Start(context.Background(), errAgain)
+	require.False(t, ok, "a second Start must be refused")
+	require.ErrorIs(t, err, errAgain)
 	l.MarkRunning()
 	<-l.Running()
 
@@ -39,7 +41,7 @@ func TestCloseBeforeStart(t *testing.T) {
 	l := service.New()
 	l.Close()
 	l.Close()
-	_, _, first, ok := l.Start(context.Background())
-	require.True(t, first)
+	_, _, ok, err := l.Start(context.Background(), errors.New("already running"))
 	require.False(t, ok, "a closed lifecycle must not start")
+	require.NoError(t, err)
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"runtime/debug"
 	"time"
 
@@ -348,7 +347,7 @@ func (p *Puller) Run(ctx context.Context) error {
 			d := p.backoff(dbFailures)
 			dbFailures++
 			p.log.ErrorContext(ctx, "feed puller cannot read its cursor; retrying", "error", err, "attempt", dbFailures, "retry_in", d)
-			sleepCtx(ctx, d)
+			service.Sleep(ctx, d)
 			continue
 		}
 		dbFailures = 0
@@ -365,7 +364,7 @@ func (p *Puller) Run(ctx context.Context) error {
 			d := p.backoff(fetchFailures)
 			fetchFailures++
 			p.log.WarnContext(ctx, "feed puller cannot fetch; retrying", "error", err, "attempt", fetchFailures, "retry_in", d)
-			sleepCtx(ctx, d)
+			service.Sleep(ctx, d)
 			continue
 		}
 		if fetchFailures > 0 {
@@ -373,7 +372,7 @@ func (p *Puller) Run(ctx context.Context) error {
 			fetchFailures = 0
 		}
 		if len(page.Events) == 0 && page.Next == cursor {
-			sleepCtx(ctx, p.cfg.IdleInterval-time.Since(start))
+			service.Sleep(ctx, p.cfg.IdleInterval-time.Since(start))
 			continue
 		}
 		if err := p.applyWithRetry(ctx, cursor, page); err != nil {
@@ -465,7 +464,7 @@ func (p *Puller) applyWithRetry(ctx context.Context, cursor string, page Page) e
 		}
 		p.log.ErrorContext(ctx, "feed puller could not apply a page; retrying", "error", err,
 			"first_position", first, "events", len(page.Events), "next", page.Next, "attempt", attempt, "retry_in", d)
-		if !sleepCtx(ctx, d) {
+		if !service.Sleep(ctx, d) {
 			return ctx.Err()
 		}
 	}
@@ -532,29 +531,7 @@ func (p *Puller) wrapDBErr(op string, err error) error {
 	return fmt.Errorf("accord feed: consumer %q: %s in %s: %w", p.cfg.Consumer, op, p.names.FeedCursor(), err)
 }
 
-// backoff returns the wait before retry number attempt (0-based):
-// exponential from RetryBackoffMin to RetryBackoffMax, with ±10 % jitter.
+// backoff returns the wait before retry number attempt (0-based).
 func (p *Puller) backoff(attempt int) time.Duration {
-	d := p.cfg.RetryBackoffMin
-	for i := 0; i < attempt && d < p.cfg.RetryBackoffMax; i++ {
-		d *= 2
-	}
-	d = min(d, p.cfg.RetryBackoffMax)
-	jitter := time.Duration(rand.Int64N(int64(d)/5+1)) - d/10
-	return max(d+jitter, 0)
-}
-
-// sleepCtx waits for d or until ctx ends, and reports whether d elapsed.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+	return service.Backoff(attempt, p.cfg.RetryBackoffMin, p.cfg.RetryBackoffMax)
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/accordgo/accord/internal/service"
 )
 
 // listen holds one connection of the pool in LISTEN on the outbox channel
@@ -48,7 +50,7 @@ func (r *Relay) listen(ctx context.Context) {
 			return
 		}
 		r.log.Warn("relay lost its LISTEN connection; polling until it is back", "error", err, "attempt", attempt+1)
-		if !sleepCtx(ctx, r.backoff(attempt)) {
+		if !service.Sleep(ctx, r.backoff(attempt)) {
 			return
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -283,7 +282,7 @@ func (r *Relay) checkTable(ctx context.Context) error {
 			return nil
 		}
 		r.log.ErrorContext(ctx, "relay cannot reach the database; retrying", "error", err, "attempt", attempt+1)
-		if !sleepCtx(ctx, r.backoff(attempt)) {
+		if !service.Sleep(ctx, r.backoff(attempt)) {
 			return ctx.Err()
 		}
 	}
@@ -332,7 +331,7 @@ func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
 				return
 			}
 			r.log.ErrorContext(ctx, "relay read failed; retrying", "error", err, "attempt", dbFailures+1)
-			if !sleepCtx(ctx, r.backoff(dbFailures)) {
+			if !service.Sleep(ctx, r.backoff(dbFailures)) {
 				return
 			}
 			dbFailures++
@@ -556,7 +555,7 @@ func (r *Relay) deadLetter(ctx context.Context, lane int, it item, parked map[st
 			return
 		}
 		r.log.Error("relay could not move a row to the dead letters; retrying", "seq", it.row.Seq, "error", err)
-		if !sleepCtx(ctx, r.backoff(attempt)) {
+		if !service.Sleep(ctx, r.backoff(attempt)) {
 			r.release([]int64{it.row.Seq})
 			return
 		}
@@ -619,7 +618,7 @@ func (r *Relay) publishGroup(ctx context.Context, lane int, group []item) publis
 		first := group[0].row
 		r.log.Error("relay publish failed; retrying", "error", err, "topic", first.Topic,
 			"first_seq", first.Seq, "first_id", first.ID, "rows", len(group), "attempt", attempt+1, "retry_in", wait)
-		if !sleepCtx(ctx, wait) {
+		if !service.Sleep(ctx, wait) {
 			return publishStopped
 		}
 	}
@@ -730,32 +729,14 @@ func (r *Relay) deleteWithRetry(ctx context.Context, seqs []int64) {
 		}
 		r.log.Error("relay could not delete published rows; retrying (they would be published again after a restart)",
 			"error", err, "rows", len(seqs), "attempt", attempt+1)
-		if !sleepCtx(ctx, r.backoff(attempt)) {
+		if !service.Sleep(ctx, r.backoff(attempt)) {
 			r.release(seqs)
 			return
 		}
 	}
 }
 
-// backoff returns the wait before retry number attempt (0-based):
-// exponential from RetryBackoffMin to RetryBackoffMax, with ±20 % jitter.
+// backoff returns the wait before retry number attempt (0-based).
 func (r *Relay) backoff(attempt int) time.Duration {
-	d := r.cfg.RetryBackoffMin
-	for i := 0; i < attempt && d < r.cfg.RetryBackoffMax; i++ {
-		d *= 2
-	}
-	d = min(d, r.cfg.RetryBackoffMax)
-	jitter := time.Duration(rand.Int64N(int64(d)/5+1)) - d/10
-	return max(d+jitter, 0)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+	return service.Backoff(attempt, r.cfg.RetryBackoffMin, r.cfg.RetryBackoffMax)
 }

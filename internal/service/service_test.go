@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -44,4 +45,20 @@ func TestCloseBeforeStart(t *testing.T) {
 	_, _, ok, err := l.Start(context.Background(), errors.New("already running"))
 	require.False(t, ok, "a closed lifecycle must not start")
 	require.NoError(t, err)
+}
+
+func TestBackoff(t *testing.T) {
+	t.Parallel()
+	lo, hi := 100*time.Millisecond, time.Second
+	for attempt, base := range []time.Duration{lo, 2 * lo, 4 * lo, 8 * lo, hi, hi} {
+		for range 50 {
+			d := service.Backoff(attempt, lo, hi)
+			require.GreaterOrEqual(t, d, base-base/10, "attempt %d", attempt)
+			require.LessOrEqual(t, d, base+base/10, "attempt %d", attempt)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.False(t, service.Sleep(ctx, time.Hour))
+	require.True(t, service.Sleep(context.Background(), time.Millisecond))
 }

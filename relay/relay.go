@@ -711,10 +711,8 @@ func (r *Relay) deleteWithRetry(ctx context.Context, seqs []int64) {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		start := time.Now()
 		err := r.names.Delete(dctx, r.db, seqs)
+		took := time.Since(start)
 		cancel()
-		if err == nil && r.obs != nil {
-			r.obs.Deleted(ctx, len(seqs), time.Since(start))
-		}
 		if err == nil {
 			r.mu.Lock()
 			for _, s := range seqs {
@@ -722,9 +720,12 @@ func (r *Relay) deleteWithRetry(ctx context.Context, seqs []int64) {
 			}
 			r.mu.Unlock()
 			r.release(seqs)
-			// Counted after the release, so that Deleted never runs ahead of
-			// InFlight.
+			// Counted and observed after the release, so that the deleted
+			// count never runs ahead of InFlight.
 			r.deleted.Add(int64(len(seqs)))
+			if r.obs != nil {
+				r.obs.Deleted(ctx, len(seqs), took)
+			}
 			return
 		}
 		r.log.Error("relay could not delete published rows; retrying (they would be published again after a restart)",

@@ -365,7 +365,14 @@ func TestPublishConcurrentPositionsCommitOrdered(t *testing.T) {
 		for name, ch := range map[string]chan result{"raw reader": rawDone, "Read": apiDone} {
 			res := <-ch
 			require.NoError(t, res.err, name)
-			require.Empty(t, res.violations, name)
+			if name == "raw reader" && env.Dialect == accord.MySQL {
+				// InnoDB releases a writer's locks a moment before its commit
+				// is visible, so a raw SELECT can see the next writer's rows
+				// first; Source.Read stops at such a hole (checked below).
+				t.Logf("raw reader on MySQL: %d holes seen", len(res.violations))
+			} else {
+				require.Empty(t, res.violations, name)
+			}
 			require.Equal(t, int64(total), res.last, name)
 			t.Logf("%s saw %d events in %d pages", name, res.last, res.pages)
 		}
@@ -1321,4 +1328,44 @@ func TestPullerKillDashNine(t *testing.T) {
 	require.Len(t, all, 1800)
 	requireAppliedInOrder(t, cons, "applied", all)
 	require.Equal(t, int64(1800), storedPosition())
+}
+
+// A position that is committed but not yet visible to a read (InnoDB can
+// show a later writer's rows first) is a hole in the dense positions: Read
+// stops before it instead of skipping it, and does not mistake it for an
+// expired cursor.
+func TestReadStopsAtHole(t *testing.T) {
+	t.Parallel()
+	env := dbtest.SQLite(t)
+	ctx := context.Background()
+	src := newSource(t, env, nil)
+	insert := func(pos int64) {
+		_, err := env.DB.ExecContext(ctx, "INSERT INTO accord_feed (position, id, topic, payload, created_at) VALUES (?, ?, 't', x'00', 0)",
+			pos, outbox.NewID())
+		require.NoError(t, err)
+	}
+	positions := func(p feed.Page) []int64 {
+		var out []int64
+		for _, ev := range p.Events {
+			out = append(out, ev.Position)
+		}
+		return out
+	}
+	insert(1)
+	insert(2)
+	insert(4) // 3 is "not visible yet"
+
+	page, err := src.Read(ctx, "", 10, 0)
+	require.NoError(t, err)
+	require.Equal(t, []int64{1, 2}, positions(page))
+
+	page, err = src.Read(ctx, page.Next, 10, 0)
+	require.NoError(t, err, "a hole right after the cursor is not an expired cursor")
+	require.Empty(t, page.Events)
+	require.Equal(t, src.Cursor(2), page.Next)
+
+	insert(3)
+	page, err = src.Read(ctx, page.Next, 10, 0)
+	require.NoError(t, err)
+	require.Equal(t, []int64{3, 4}, positions(page))
 }

@@ -300,10 +300,30 @@ func (s *Source) Read(ctx context.Context, cursor string, limit int, wait time.D
 		if err != nil {
 			return Page{}, s.wrapDBErr("read", err)
 		}
-		if len(rows) > 0 {
-			if !fromStart && rows[0].Position != after+1 {
-				return Page{}, fmt.Errorf("%w: cursor position %d, oldest retained event is %d", ErrCursorExpired, after, rows[0].Position)
+		if len(rows) > 0 && !fromStart && rows[0].Position != after+1 {
+			// Either after+1 was pruned (the cursor expired), or it is
+			// committed but not visible to this read yet: InnoDB releases a
+			// writer's locks a moment before its commit becomes visible, so
+			// the next writer's rows can show up first.
+			oldest, _, err := s.names.FeedBounds(ctx, s.db)
+			if err != nil {
+				return Page{}, s.wrapDBErr("read bounds", err)
 			}
+			if oldest > after+1 {
+				return Page{}, fmt.Errorf("%w: cursor position %d, oldest retained event is %d", ErrCursorExpired, after, oldest)
+			}
+			rows = nil
+		}
+		// Positions are dense (max+1 under the writers' lock, pruned only from
+		// the front): a hole in a page is a row not visible yet, so the page
+		// stops before it and the next read picks it up.
+		for i := 1; i < len(rows); i++ {
+			if rows[i].Position != rows[i-1].Position+1 {
+				rows = rows[:i]
+				break
+			}
+		}
+		if len(rows) > 0 {
 			more := len(rows) > limit
 			if more {
 				rows = rows[:limit]

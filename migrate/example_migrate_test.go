@@ -42,6 +42,7 @@ func ExampleMigrator_Migrate() {
 	// applied 004 replica
 	// applied 005 feed
 	// applied 006 outbox_dead
+	// applied 007 relay_lease
 	// second run applied 0
 	// validate: <nil>
 }

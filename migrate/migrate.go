@@ -423,8 +423,12 @@ func (m *Migrator) Migrate(ctx context.Context, dir Direction, opts *MigrateOpts
 	return res, nil
 }
 
-// mysqlLockName serializes concurrent migrators on MySQL.
-const mysqlLockName = "accord_migrate"
+// mysqlLockName is the SQL expression of the lock that serializes
+// concurrent migrators of one installation (database and table prefix) on
+// MySQL; its two parameters are the schema ("" for the connection's
+// database) and the prefix. Lock names are global to the server and at most
+// 64 characters: "accord_migrate_" and a SHA-1 in hex.
+const mysqlLockName = "CONCAT('accord_migrate_', SHA1(CONCAT(COALESCE(NULLIF(?, ''), DATABASE()), '.', ?)))"
 
 // advisoryLockKey serializes concurrent migrators on PostgreSQL.
 const advisoryLockKey = 0x6163636f7264 // "accord"
@@ -441,11 +445,14 @@ func (m *Migrator) run(ctx context.Context, mig Migration, dir Direction) (ran b
 		// A session lock: MySQL has no transactional advisory lock, and its
 		// DDL commits implicitly anyway.
 		var got sql.NullInt64
-		if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK(?, 60)", mysqlLockName).Scan(&got); err != nil || got.Int64 != 1 {
-			return false, fmt.Errorf("accord migrate: could not take the migration lock %q within 60 s: %v", mysqlLockName, err)
+		if err := conn.QueryRowContext(ctx, "SELECT GET_LOCK("+mysqlLockName+", 60)", m.names.Schema, m.names.Prefix).Scan(&got); err != nil || got.Int64 != 1 {
+			if err == nil {
+				err = errors.New("another migrator holds it")
+			}
+			return false, fmt.Errorf("accord migrate: could not take the migration lock within 60 s: %w", err)
 		}
 		defer func() {
-			_, _ = conn.ExecContext(context.WithoutCancel(ctx), "SELECT RELEASE_LOCK(?)", mysqlLockName)
+			_, _ = conn.ExecContext(context.WithoutCancel(ctx), "SELECT RELEASE_LOCK("+mysqlLockName+")", m.names.Schema, m.names.Prefix)
 		}()
 	}
 	tx, err := conn.BeginTx(ctx, nil)

@@ -174,6 +174,7 @@ var versionTables = map[int][]string{
 	4: {"replica_position", "replica_parked"},
 	5: {"feed", "feed_cursor"},
 	6: {"outbox_dead"},
+	7: {"relay_lease", "relay_instance"},
 }
 
 // requireTables checks that exactly the tables of the applied versions
@@ -222,11 +223,12 @@ var (
 	v4 = versionName{4, "replica"}
 	v5 = versionName{5, "feed"}
 	v6 = versionName{6, "outbox_dead"}
+	v7 = versionName{7, "relay_lease"}
 
 	// allVersions is every migration, oldest first.
-	allVersions = []versionName{v1, v2, v3, v4, v5, v6}
+	allVersions = []versionName{v1, v2, v3, v4, v5, v6, v7}
 	// allDown is every migration, newest first, as Down reverts them.
-	allDown = []versionName{v6, v5, v4, v3, v2, v1}
+	allDown = []versionName{v7, v6, v5, v4, v3, v2, v1}
 )
 
 // fileName is how errors and printed SQL name a migration.
@@ -297,7 +299,7 @@ func TestMigrator_UpListValidate(t *testing.T) {
 			require.True(t, s.AppliedAt.Before(time.Now().Add(time.Minute)), "version %d applied at %v", s.Version, s.AppliedAt)
 		}
 		require.NoError(t, m.Validate(ctx))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
 
 		// A second Up has nothing to do.
 		res, err = m.Migrate(ctx, migrate.Up, nil)
@@ -319,12 +321,12 @@ func TestMigrator_DownAndRoundTrip(t *testing.T) {
 		res, err := m.Migrate(ctx, migrate.Down, nil)
 		require.NoError(t, err)
 		require.Equal(t, migrate.Down, res.Direction)
-		require.Equal(t, []versionName{v6}, resultVersions(res))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5)
-		require.Equal(t, []int{1, 2, 3, 4, 5}, appliedVersions(t, m))
+		require.Equal(t, []versionName{v7}, resultVersions(res))
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
+		require.Equal(t, []int{1, 2, 3, 4, 5, 6}, appliedVersions(t, m))
 		err = m.Validate(ctx)
 		require.ErrorIs(t, err, migrate.ErrNotMigrated)
-		require.ErrorContains(t, err, v6.fileName())
+		require.ErrorContains(t, err, v7.fileName())
 		for _, v := range []versionName{v1, v2, v3, v4, v5} {
 			require.NotContains(t, err.Error(), v.fileName())
 		}
@@ -332,7 +334,7 @@ func TestMigrator_DownAndRoundTrip(t *testing.T) {
 		// Up again applies only what is missing.
 		res, err = m.Migrate(ctx, migrate.Up, nil)
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v6}, resultVersions(res))
+		require.Equal(t, []versionName{v7}, resultVersions(res))
 		require.NoError(t, m.Validate(ctx))
 
 		// Down with MaxSteps -1 removes everything, version table included.
@@ -353,7 +355,7 @@ func TestMigrator_DownAndRoundTrip(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, allVersions, resultVersions(res))
 		require.NoError(t, m.Validate(ctx))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
 	})
 }
 
@@ -368,7 +370,7 @@ func TestMigrator_DownMaxStepsAndTarget(t *testing.T) {
 		// Down to target 1 keeps 001.
 		res, err := m.Migrate(ctx, migrate.Down, &migrate.MigrateOpts{TargetVersion: 1})
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v6, v5, v4, v3, v2}, resultVersions(res))
+		require.Equal(t, []versionName{v7, v6, v5, v4, v3, v2}, resultVersions(res))
 		require.Equal(t, []int{1}, appliedVersions(t, m))
 		requireTables(t, fx, "accord_", 1)
 
@@ -378,14 +380,14 @@ func TestMigrator_DownMaxStepsAndTarget(t *testing.T) {
 		// MaxSteps 2 reverts the two newest.
 		res, err = m.Migrate(ctx, migrate.Down, &migrate.MigrateOpts{MaxSteps: 2})
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v6, v5}, resultVersions(res))
-		require.Equal(t, []int{1, 2, 3, 4}, appliedVersions(t, m))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4)
+		require.Equal(t, []versionName{v7, v6}, resultVersions(res))
+		require.Equal(t, []int{1, 2, 3, 4, 5}, appliedVersions(t, m))
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5)
 
 		// MaxSteps as large as what is left reverts the rest.
-		res, err = m.Migrate(ctx, migrate.Down, &migrate.MigrateOpts{MaxSteps: 4})
+		res, err = m.Migrate(ctx, migrate.Down, &migrate.MigrateOpts{MaxSteps: 5})
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v4, v3, v2, v1}, resultVersions(res))
+		require.Equal(t, []versionName{v5, v4, v3, v2, v1}, resultVersions(res))
 		requireTables(t, fx, "accord_")
 	})
 }
@@ -418,8 +420,8 @@ func TestMigrator_DryRun(t *testing.T) {
 		for i := range all {
 			require.Equal(t, all[len(all)-1-i].SQLDown, res.Versions[i].SQL)
 		}
-		require.Equal(t, []int{1, 2, 3, 4, 5, 6}, appliedVersions(t, m))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
+		require.Equal(t, []int{1, 2, 3, 4, 5, 6, 7}, appliedVersions(t, m))
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
 		require.NoError(t, m.Validate(ctx))
 	})
 }
@@ -437,7 +439,7 @@ func TestMigrator_UpTargetVersionAndMaxSteps(t *testing.T) {
 		requireTables(t, fx, "accord_", 1)
 		err = m.Validate(ctx)
 		require.ErrorIs(t, err, migrate.ErrNotMigrated)
-		for _, v := range []versionName{v2, v3, v4, v5, v6} {
+		for _, v := range []versionName{v2, v3, v4, v5, v6, v7} {
 			require.ErrorContains(t, err, v.fileName())
 		}
 		require.NotContains(t, err.Error(), v1.fileName())
@@ -455,7 +457,7 @@ func TestMigrator_UpTargetVersionAndMaxSteps(t *testing.T) {
 
 		res, err = m.Migrate(ctx, migrate.Up, nil)
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v4, v5, v6}, resultVersions(res))
+		require.Equal(t, []versionName{v4, v5, v6, v7}, resultVersions(res))
 		require.NoError(t, m.Validate(ctx))
 	})
 	t.Run("MaxSteps", func(t *testing.T) {
@@ -475,7 +477,7 @@ func TestMigrator_UpTargetVersionAndMaxSteps(t *testing.T) {
 		// MaxSteps larger than what is left applies the rest.
 		res, err = m.Migrate(ctx, migrate.Up, &migrate.MigrateOpts{MaxSteps: 10})
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v5, v6}, resultVersions(res))
+		require.Equal(t, []versionName{v5, v6, v7}, resultVersions(res))
 		require.NoError(t, m.Validate(ctx))
 	})
 }
@@ -604,7 +606,7 @@ func TestMigrator_ConcurrentUpPostgres(t *testing.T) {
 				return
 			}
 			require.NoError(t, m.Validate(ctx))
-			requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
+			requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
 			var rows, triggers int
 			require.NoError(t, fx.DB.QueryRowContext(ctx,
 				"SELECT count(*) FROM "+fx.table("accord_migration")).Scan(&rows))
@@ -618,7 +620,9 @@ func TestMigrator_ConcurrentUpPostgres(t *testing.T) {
 }
 
 // mysqlLockName mirrors the unexported GET_LOCK name migrate takes on MySQL.
-const mysqlLockName = "accord_migrate"
+// mysqlLockName is the migrators' lock on MySQL for the schema and table
+// prefix given as parameters (as migrate.go names it).
+const mysqlLockName = "CONCAT('accord_migrate_', SHA1(CONCAT(COALESCE(NULLIF(?, ''), DATABASE()), '.', ?)))"
 
 // TestMigrator_ConcurrentMySQL forces two migrators to plan the same
 // migrations on a new MySQL database and then queue on the GET_LOCK lock:
@@ -659,7 +663,7 @@ func TestMigrator_ConcurrentMySQL(t *testing.T) {
 			require.NoError(t, err)
 			defer func() { _ = lock.Close() }()
 			var got sql.NullInt64
-			require.NoError(t, lock.QueryRowContext(ctx, "SELECT GET_LOCK(?, 30)", mysqlLockName).Scan(&got))
+			require.NoError(t, lock.QueryRowContext(ctx, "SELECT GET_LOCK("+mysqlLockName+", 30)", fx.config().Schema, "accord_").Scan(&got))
 			require.Equal(t, int64(1), got.Int64, "take the migration lock")
 
 			direction, opts, want := migrate.Up, (*migrate.MigrateOpts)(nil), allVersions
@@ -687,9 +691,9 @@ func TestMigrator_ConcurrentMySQL(t *testing.T) {
 			if dir == "up" {
 				require.False(t, schemaExists(t, fx))
 			} else {
-				requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
+				requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
 			}
-			require.NoError(t, lock.QueryRowContext(ctx, "SELECT RELEASE_LOCK(?)", mysqlLockName).Scan(&got))
+			require.NoError(t, lock.QueryRowContext(ctx, "SELECT RELEASE_LOCK("+mysqlLockName+")", fx.config().Schema, "accord_").Scan(&got))
 			require.Equal(t, int64(1), got.Int64, "release the migration lock")
 			wg.Wait()
 
@@ -704,7 +708,7 @@ func TestMigrator_ConcurrentMySQL(t *testing.T) {
 				return
 			}
 			require.NoError(t, m.Validate(ctx))
-			requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
+			requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
 			var rows int
 			require.NoError(t, fx.DB.QueryRowContext(ctx,
 				"SELECT count(*) FROM "+fx.table("accord_migration")).Scan(&rows))
@@ -795,7 +799,7 @@ func TestMigrator_SQL(t *testing.T) {
 		only2, err := m.SQL(migrate.Up, 2)
 		require.NoError(t, err)
 		require.Contains(t, only2, "002_outbox (up)")
-		for _, v := range []versionName{v1, v3, v4, v5, v6} {
+		for _, v := range []versionName{v1, v3, v4, v5, v6, v7} {
 			require.NotContains(t, only2, v.fileName())
 		}
 
@@ -810,8 +814,8 @@ func TestMigrator_SQL(t *testing.T) {
 		_, err = fx.DB.ExecContext(ctx, up)
 		require.NoError(t, err)
 		require.NoError(t, m.Validate(ctx))
-		require.Equal(t, []int{1, 2, 3, 4, 5, 6}, appliedVersions(t, m))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
+		require.Equal(t, []int{1, 2, 3, 4, 5, 6, 7}, appliedVersions(t, m))
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
 		res, err := m.Migrate(ctx, migrate.Up, nil)
 		require.NoError(t, err)
 		require.Empty(t, res.Versions)
@@ -866,7 +870,7 @@ func TestMigrator_SQLMySQLNeedsMultiStatements(t *testing.T) {
 	_, err = db.ExecContext(ctx, up)
 	require.NoError(t, err)
 	require.NoError(t, m.Validate(ctx))
-	requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
+	requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
 
 	// A failure in a later statement of a script is reported, not lost in
 	// the multi-statement results: the version row is the last statement of
@@ -988,7 +992,7 @@ func TestMigrator_LongestTablePrefix(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, allVersions, resultVersions(res))
 		require.NoError(t, m.Validate(ctx))
-		requireTables(t, fx, prefix, 1, 2, 3, 4, 5, 6)
+		requireTables(t, fx, prefix, 1, 2, 3, 4, 5, 6, 7)
 
 		ob, err := outbox.New(&outbox.Config{Dialect: fx.Dialect, Schema: fx.Schema, TablePrefix: prefix})
 		require.NoError(t, err)
@@ -1028,7 +1032,7 @@ func TestMigrator_CustomTablePrefix(t *testing.T) {
 		res, err := m.Migrate(ctx, migrate.Up, nil)
 		require.NoError(t, err)
 		require.Equal(t, allVersions, resultVersions(res))
-		requireTables(t, fx, "svc_", 1, 2, 3, 4, 5, 6)
+		requireTables(t, fx, "svc_", 1, 2, 3, 4, 5, 6, 7)
 		requireTables(t, fx, "accord_")
 		require.NoError(t, m.Validate(ctx))
 
@@ -1053,13 +1057,13 @@ func TestMigrator_CustomTablePrefix(t *testing.T) {
 		_, err = other.Migrate(ctx, migrate.Up, nil)
 		require.NoError(t, err)
 		require.NoError(t, other.Validate(ctx))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
 
 		// Down with the prefix removes the prefixed tables only.
 		_, err = m.Migrate(ctx, migrate.Down, &migrate.MigrateOpts{MaxSteps: -1})
 		require.NoError(t, err)
 		requireTables(t, fx, "svc_")
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
 	})
 }
 
@@ -1138,7 +1142,7 @@ func TestMigrator_ApplyFailureMidMigration(t *testing.T) {
 		}
 		res, err := m.Migrate(ctx, migrate.Up, nil)
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v3, v4, v5, v6}, resultVersions(res))
+		require.Equal(t, []versionName{v3, v4, v5, v6, v7}, resultVersions(res))
 		require.NoError(t, m.Validate(ctx))
 	})
 }

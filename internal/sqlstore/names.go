@@ -26,7 +26,7 @@ var identRe = regexp.MustCompile(`^[a-z_][a-z0-9_]*$`)
 
 // tableSuffixes are the tables derived from the prefix; the longest decides
 // the longest allowed prefix.
-var tableSuffixes = []string{"migration", "outbox", "outbox_notify", "outbox_topic_length", "dead_letter_consumer", "replica_position", "replica_parked_at", "inbox_received_at", "outbox_dead_key"}
+var tableSuffixes = []string{"migration", "outbox", "outbox_notify", "outbox_topic_length", "dead_letter_consumer", "replica_position", "replica_parked_at", "inbox_received_at", "outbox_dead_key", "relay_instance", "relay_lease_slot"}
 
 // Names holds the validated, quoted identifiers of one Accord installation.
 type Names struct {

@@ -106,6 +106,8 @@ type RelayMetrics struct {
 	deletedRows     prometheus.Counter       //
 	deleteDuration  prometheus.Histogram     //
 	deadLettered    *prometheus.CounterVec   // {topic} or {}
+	leasesHeld      prometheus.Gauge         //
+	instances       prometheus.Gauge         //
 
 	mu      sync.Mutex
 	tracked bool
@@ -176,6 +178,14 @@ func NewRelayMetrics(reg prometheus.Registerer, opts *RelayMetricsOpts) (*RelayM
 			Namespace: namespace, Subsystem: "relay", Name: "dead_lettered_rows_total",
 			Help: "Rows moved to the dead letters after DeadLetterAfter failed publish attempts.",
 		}, topic),
+		leasesHeld: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Subsystem: "relay", Name: "leases_held",
+			Help: "Lease slots (of 64) this relay instance holds: it publishes the rows of those slots only.",
+		}),
+		instances: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Subsystem: "relay", Name: "live_instances",
+			Help: "Relay instances with a live heartbeat on this outbox, as this instance last saw them.",
+		}),
 	}
 	for _, o := range []string{"ok", "error"} {
 		m.publishDuration.WithLabelValues(o)
@@ -190,7 +200,7 @@ func NewRelayMetrics(reg prometheus.Registerer, opts *RelayMetricsOpts) (*RelayM
 		m.deadLettered.WithLabelValues()
 	}
 	if err := register(reg, m.published, m.publishErrors, m.publishRetries, m.publishDuration, m.writeToPublish,
-		m.readRows, m.readDuration, m.deletedRows, m.deleteDuration, m.deadLettered); err != nil {
+		m.readRows, m.readDuration, m.deletedRows, m.deleteDuration, m.deadLettered, m.leasesHeld, m.instances); err != nil {
 		return nil, err
 	}
 	return m, nil
@@ -256,6 +266,12 @@ func (m *RelayMetrics) Read(_ context.Context, rows int, sweep bool, d time.Dura
 	}
 	m.readRows.WithLabelValues(kind).Observe(float64(rows))
 	m.readDuration.WithLabelValues(kind).Observe(d.Seconds())
+}
+
+// Leases sets the lease gauges.
+func (m *RelayMetrics) Leases(_ context.Context, held, instances int) {
+	m.leasesHeld.Set(float64(held))
+	m.instances.Set(float64(instances))
 }
 
 // Track registers, with the registry given to [NewRelayMetrics], the

@@ -44,6 +44,13 @@ const (
 	// MetadataCreatedAt holds the time the event was written, RFC 3339 with
 	// nanoseconds, UTC.
 	MetadataCreatedAt = "accord_created_at"
+	// MetadataLease holds the fencing token of the relay instance that
+	// published the message, "<slot>:<epoch>": the lease slot of the event's
+	// partition key (shard % 64) and the epoch of the lease the instance
+	// held. Epochs of a slot only grow, so a consumer can tell a late
+	// publish of an instance that lost its lease (a duplicate) from the
+	// current owner's. Absent when the relay runs without leases.
+	MetadataLease = "accord_lease"
 )
 
 // Config configures an [Outbox]. Only Dialect is required.

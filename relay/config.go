@@ -26,6 +26,8 @@ const (
 	RetryBackoffMinDefault = 100 * time.Millisecond
 	RetryBackoffMaxDefault = 30 * time.Second
 	ShutdownTimeoutDefault = 10 * time.Second
+	LeaseTTLDefault        = 10 * time.Second
+	LeaseTTLMin            = 500 * time.Millisecond
 )
 
 // DeadLetterPolicy is what the relay does with the later rows of a key
@@ -118,6 +120,29 @@ type Config struct {
 	// SkipKey publishes them, giving up order for that key.
 	DeadLetterPolicy DeadLetterPolicy
 
+	// LeaseTTL is how long a relay instance's leases last without renewal.
+	// Relay instances on the same outbox (processes, hosts) share its rows
+	// through Slots leases in the table <prefix>relay_lease: each instance
+	// takes about Slots / (live instances) of them, renews them every
+	// LeaseTTL/5 and stops publishing a slot's rows LeaseTTL/5 before the
+	// lease could expire unrenewed; deletes and dead-letter moves run only
+	// while the database says the lease is held. When an instance dies its
+	// slots are taken over after at most LeaseTTL; when one joins or stops
+	// gracefully, slots move without duplicates. Defaults to
+	// LeaseTTLDefault (10 s), at least LeaseTTLMin.
+	LeaseTTL time.Duration
+
+	// InstanceID names this relay in the lease tables and its logs; a random
+	// suffix is added so that every Relay is a distinct lease owner.
+	// Defaults to "<host name>-<process id>".
+	InstanceID string
+
+	// DisableLeases turns off leases: the relay publishes every row and
+	// does not need the lease tables. Only safe when the deployment makes
+	// sure a single relay runs on the outbox; two relays without leases
+	// publish each row twice and break order per key. Defaults to false.
+	DisableLeases bool
+
 	// Logger receives the relay's structured logs. Defaults to slog.Default().
 	Logger *slog.Logger
 
@@ -170,6 +195,12 @@ func (c *Config) WithDefaults() *Config {
 	if out.ShutdownTimeout == 0 {
 		out.ShutdownTimeout = ShutdownTimeoutDefault
 	}
+	if out.LeaseTTL == 0 {
+		out.LeaseTTL = LeaseTTLDefault
+	}
+	if out.InstanceID == "" {
+		out.InstanceID = defaultInstanceID()
+	}
 	if out.Logger == nil {
 		out.Logger = slog.Default()
 	}
@@ -201,6 +232,12 @@ func (c *Config) validate() error {
 		if d.v < 0 {
 			errs = append(errs, fmt.Errorf("%s %s: must not be negative", d.name, d.v))
 		}
+	}
+	if !c.DisableLeases && c.LeaseTTL < LeaseTTLMin {
+		errs = append(errs, fmt.Errorf("LeaseTTL %s: must be at least %s", c.LeaseTTL, LeaseTTLMin))
+	}
+	if len(c.InstanceID) > 200 {
+		errs = append(errs, fmt.Errorf("InstanceID: %d bytes, at most 200", len(c.InstanceID)))
 	}
 	if c.DeadLetterAfter < 0 {
 		errs = append(errs, fmt.Errorf("DeadLetterAfter %d: must be 0 (never) or positive", c.DeadLetterAfter))

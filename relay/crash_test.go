@@ -51,6 +51,9 @@ func TestKillDashNine(t *testing.T) {
 		Schema: env.Schema, Sink: filepath.Join(t.TempDir(), "sink.log"),
 		BatchSize: 500, Lanes: 16, MaxInFlight: 2000, ShutdownTimeout: 10 * time.Second,
 		PerMessageDelay: 50 * time.Microsecond,
+		// The second relay takes over the killed one's leases when they
+		// expire.
+		LeaseTTL: 2 * time.Second,
 	}
 	first := startRelayChild(t, spec)
 
@@ -252,6 +255,12 @@ type keyedReceipt struct {
 	Key     string
 	N       int64
 	Payload string
+	// Lease, Instance and Entered are set by the relay child's file sink:
+	// the fencing token, the publishing instance and when its Publish call
+	// began.
+	Lease    string
+	Instance string
+	Entered  time.Time
 }
 
 func receiptOf(t *testing.T, m *message.Message) keyedReceipt {
@@ -269,6 +278,7 @@ func checkKeyedReceipts(t *testing.T, sent map[string]keyedEvent, receipts []key
 	t.Helper()
 	seen := make(map[string]bool, len(sent))
 	last := map[string]int64{}
+	lastAt := map[string]int{}
 	dups := 0
 	for i, r := range receipts {
 		ev, ok := sent[r.ID]
@@ -281,8 +291,20 @@ func checkKeyedReceipts(t *testing.T, sent map[string]keyedEvent, receipts []key
 			continue
 		}
 		seen[r.ID] = true
-		require.Greater(t, r.N, last[r.Key], "key %s: event %d first arrived after event %d", r.Key, r.N, last[r.Key])
+		if r.N <= last[r.Key] {
+			var hist []string
+			for j, q := range receipts {
+				if q.Key == r.Key && q.N >= r.N-5 && q.N <= last[r.Key]+5 {
+					hist = append(hist, fmt.Sprintf("#%d %d %s %s %s", j, q.N, q.Instance, q.Lease, q.Entered.Format("15:04:05.000000")))
+				}
+			}
+			t.Logf("receipts of key %s around the violation:\n%s", r.Key, strings.Join(hist, "\n"))
+			p := receipts[lastAt[r.Key]]
+			require.Failf(t, "order", "key %s: event %d first arrived (receipt %d: %s, lease %s, began %s) after event %d (receipt %d: %s, lease %s, began %s)",
+				r.Key, r.N, i, r.Instance, r.Lease, r.Entered.Format(time.RFC3339Nano), last[r.Key], lastAt[r.Key], p.Instance, p.Lease, p.Entered.Format(time.RFC3339Nano))
+		}
 		last[r.Key] = r.N
+		lastAt[r.Key] = i
 	}
 	missing := 0
 	for id := range sent {
@@ -328,6 +350,10 @@ type relayChildSpec struct {
 	// PerMessageDelay makes the child's broker slow: each Publish call
 	// takes this long per message.
 	PerMessageDelay time.Duration
+	// LeaseTTL and InstanceID configure the child's leases (0 and "": the
+	// relay's defaults).
+	LeaseTTL   time.Duration
+	InstanceID string
 }
 
 // runRelayChild is the main function of a relay process: it relays the
@@ -346,7 +372,7 @@ func runRelayChild(specJSON string) int {
 		return 2
 	}
 	defer db.Close()
-	sink, err := openFileSink(spec.Sink, spec.PerMessageDelay)
+	sink, err := openFileSink(spec.Sink, spec.PerMessageDelay, spec.InstanceID)
 	if err != nil {
 		logger.Error("relay child: open sink", "error", err)
 		return 2
@@ -355,6 +381,7 @@ func runRelayChild(specJSON string) int {
 	r, err := relay.New(db, sink, &relay.Config{
 		Dialect: accord.Postgres, Schema: spec.Schema, BatchSize: spec.BatchSize, Lanes: spec.Lanes,
 		MaxInFlight: spec.MaxInFlight, ShutdownTimeout: spec.ShutdownTimeout, Logger: logger,
+		LeaseTTL: spec.LeaseTTL, InstanceID: spec.InstanceID,
 	})
 	if err != nil {
 		logger.Error("relay child: new relay", "error", err)
@@ -370,26 +397,41 @@ func runRelayChild(specJSON string) int {
 }
 
 // fileSink is the relay child's broker: every Publish call appends one line
-// per message ("uuid key version payload") to a file and fsyncs it before
-// it returns, so what it accepted survives the child's death.
+// per message to a file and fsyncs it before it returns, so what it
+// accepted survives the child's death. A line is "uuid key version payload
+// lease instance entered": the message's fencing token (accord_lease), the
+// child's instance name and the wall-clock time (Unix ns) the Publish call
+// began. Several children may share the file: each call is one write(2) in
+// O_APPEND mode, so lines never interleave, and the file's order is the
+// order the "broker" accepted them.
 type fileSink struct {
-	mu    sync.Mutex
-	f     *os.File
-	delay time.Duration
+	mu       sync.Mutex
+	f        *os.File
+	delay    time.Duration
+	instance string
 }
 
-func openFileSink(path string, perMessage time.Duration) (*fileSink, error) {
+func openFileSink(path string, perMessage time.Duration, instance string) (*fileSink, error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
 	if err != nil {
 		return nil, err
 	}
-	return &fileSink{f: f, delay: perMessage}, nil
+	if instance == "" {
+		instance = "-"
+	}
+	return &fileSink{f: f, delay: perMessage, instance: instance}, nil
 }
 
 func (s *fileSink) Publish(topic string, msgs ...*message.Message) error {
+	entered := time.Now().UnixNano()
 	var b bytes.Buffer
 	for _, m := range msgs {
-		fmt.Fprintf(&b, "%s %s %s %s\n", m.UUID, m.Metadata.Get(outbox.MetadataKey), m.Metadata.Get(outbox.MetadataVersion), m.Payload)
+		lease := m.Metadata.Get(outbox.MetadataLease)
+		if lease == "" {
+			lease = "-"
+		}
+		fmt.Fprintf(&b, "%s %s %s %s %s %s %d\n", m.UUID, m.Metadata.Get(outbox.MetadataKey), m.Metadata.Get(outbox.MetadataVersion), m.Payload,
+			lease, s.instance, entered)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -420,10 +462,13 @@ func readSink(t *testing.T, path string) (lines []keyedReceipt, partial int) {
 			continue
 		}
 		f := strings.Fields(line)
-		require.Len(t, f, 4, "sink line %q", line)
+		require.Len(t, f, 7, "sink line %q", line)
 		n, err := strconv.ParseInt(f[2], 10, 64)
 		require.NoError(t, err, "sink line %q", line)
-		lines = append(lines, keyedReceipt{ID: f[0], Key: f[1], N: n, Payload: f[3]})
+		entered, err := strconv.ParseInt(f[6], 10, 64)
+		require.NoError(t, err, "sink line %q", line)
+		lines = append(lines, keyedReceipt{ID: f[0], Key: f[1], N: n, Payload: f[3], Lease: f[4], Instance: f[5],
+			Entered: time.Unix(0, entered)})
 	}
 	return lines, partial
 }

@@ -23,6 +23,10 @@ type Observer interface {
 	Deleted(ctx context.Context, rows int, d time.Duration)
 	// Read is called after each read of the outbox table.
 	Read(ctx context.Context, rows int, sweep bool, d time.Duration)
+	// Leases is called after each lease cycle (every LeaseTTL/5) with the
+	// number of lease slots this instance holds and the number of live
+	// relay instances. Not called when leases are disabled.
+	Leases(ctx context.Context, held, instances int)
 }
 
 // Publication describes one Publish call of a lane.
@@ -63,3 +67,6 @@ func (ObserverDefaults) Deleted(context.Context, int, time.Duration) {}
 
 // Read does nothing.
 func (ObserverDefaults) Read(context.Context, int, bool, time.Duration) {}
+
+// Leases does nothing.
+func (ObserverDefaults) Leases(context.Context, int, int) {}

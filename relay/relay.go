@@ -47,6 +47,9 @@ type Stats struct {
 	InFlight int64
 	// DeadLettered counts rows moved to the dead letters.
 	DeadLettered int64
+	// Fenced counts rows read but given back unpublished (or not moved to
+	// the dead letters) because this instance's lease on them ran out.
+	Fenced int64
 }
 
 // Relay publishes committed outbox rows through a watermill Publisher and
@@ -63,18 +66,26 @@ type Relay struct {
 
 	life *service.Lifecycle
 
-	mu       sync.Mutex
-	inflight map[int64]struct{}
+	// leases is nil when Config.DisableLeases is set.
+	leases *leaser
+
+	mu sync.Mutex
+	// inflight maps the rows read but not yet deleted (or given back) to
+	// their lease slot; slotBusy counts them per slot.
+	inflight map[int64]int32
+	slotBusy [Slots]int
 	released chan struct{} // signalled when in-flight rows are released
 	// reads counts reads started; tombstones maps rows deleted by the acker
 	// to the value of reads when the delete finished, so that a read that
 	// started before the delete committed does not publish them again.
 	reads      int64
 	tombstones map[int64]int64
+	// readsDone is the number of the last read whose rows are in inflight.
+	readsDone int64
 
 	wake chan struct{}
 
-	published, deleted, failures, deadLettered atomic.Int64
+	published, deleted, failures, deadLettered, fenced atomic.Int64
 }
 
 // New returns a relay that reads the outbox in db and publishes through pub.
@@ -100,7 +111,7 @@ func New(db *sql.DB, pub message.Publisher, cfg *Config) (*Relay, error) {
 		return nil, err
 	}
 	names, _ := sqlstore.NewNames(cfg.Dialect, cfg.Schema, cfg.TablePrefix)
-	return &Relay{
+	r := &Relay{
 		db:         db,
 		pub:        pub,
 		cfg:        cfg,
@@ -109,11 +120,52 @@ func New(db *sql.DB, pub message.Publisher, cfg *Config) (*Relay, error) {
 		obs:        cfg.Observer,
 		tracer:     cfg.TracerProvider.Tracer(tracerName),
 		life:       service.New(),
-		inflight:   map[int64]struct{}{},
+		inflight:   map[int64]int32{},
 		tombstones: map[int64]int64{},
 		released:   make(chan struct{}, 1),
 		wake:       make(chan struct{}, 1),
-	}, nil
+	}
+	if !cfg.DisableLeases {
+		r.leases = newLeaser(r)
+		r.log = r.log.With("instance", r.leases.owner)
+	}
+	return r, nil
+}
+
+// InstanceID returns the name this relay holds its leases under: Config's
+// InstanceID and a random suffix, unique to this Relay. It is "" when
+// leases are disabled.
+func (r *Relay) InstanceID() string {
+	if r.leases == nil {
+		return ""
+	}
+	return r.leases.owner
+}
+
+// Leases returns the number of lease slots (of [Slots]) this relay holds;
+// [Slots] when leases are disabled.
+func (r *Relay) Leases() int {
+	if r.leases == nil {
+		return Slots
+	}
+	return r.leases.heldCount()
+}
+
+// owner is the lease owner that fences the relay's writes ("" without
+// leases).
+func (r *Relay) owner() string {
+	if r.leases == nil {
+		return ""
+	}
+	return r.leases.owner
+}
+
+// readState returns the number of rows in flight per slot, the number of
+// reads started and the number of the last read whose rows are counted.
+func (r *Relay) readState() (busy [Slots]int, reads, readsDone int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.slotBusy, r.reads, r.readsDone
 }
 
 // Running is closed once Run has started its workers.
@@ -158,7 +210,7 @@ func (r *Relay) Stats() Stats {
 	n := len(r.inflight)
 	r.mu.Unlock()
 	return Stats{Published: r.published.Load(), Deleted: r.deleted.Load(), Failures: r.failures.Load(), InFlight: int64(n),
-		DeadLettered: r.deadLettered.Load()}
+		DeadLettered: r.deadLettered.Load(), Fenced: r.fenced.Load()}
 }
 
 // Close stops a running relay as if Run's context had been cancelled and
@@ -177,6 +229,10 @@ type item struct {
 	row sqlstore.Row
 	// readNo is the number of the read that returned the row.
 	readNo int64
+	// slot is the row's lease slot and epoch the epoch of the lease held
+	// when it was read (0 without leases).
+	slot  int
+	epoch int64
 	// lastErr is the last publish error, for the dead letter.
 	lastErr string
 }
@@ -194,6 +250,25 @@ func (r *Relay) Run(ctx context.Context) error {
 
 	if err := r.checkTable(ctx); err != nil {
 		return err
+	}
+
+	// The leases outlive the reads: they are renewed until the lanes and
+	// the acker are done, then given up.
+	leaseCtx, leaseCancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer leaseCancel()
+	leaseDone := make(chan struct{})
+	if r.leases != nil {
+		ready := make(chan struct{})
+		go func() {
+			defer close(leaseDone)
+			r.leases.run(leaseCtx, ready)
+		}()
+		select {
+		case <-ready:
+		case <-ctx.Done():
+		}
+	} else {
+		close(leaseDone)
 	}
 
 	// hardStop ends retries once the shutdown timeout is over.
@@ -267,18 +342,33 @@ func (r *Relay) Run(ctx context.Context) error {
 		}
 	}
 	listenWG.Wait()
+	leaseCancel()
+	<-leaseDone
+	if r.leases != nil {
+		r.leases.releaseAll(ctx)
+	}
 	st := r.Stats()
 	r.log.Info("relay stopped", "published", st.Published, "deleted", st.Deleted, "failures", st.Failures)
 	return nil
 }
 
 func (r *Relay) checkTable(ctx context.Context) error {
+	tables := []string{"outbox"}
+	if r.leases != nil {
+		tables = append(tables, "relay_lease", "relay_instance")
+	}
 	for attempt := 0; ; attempt++ {
-		exists, err := sqlstore.TableExists(ctx, r.db, r.names, "outbox")
-		if err == nil {
-			if !exists {
-				return fmt.Errorf("%w: %s; run `accord migrate up` with the same schema and table prefix", ErrNotMigrated, r.names.Outbox())
+		var err error
+		for _, t := range tables {
+			var exists bool
+			if exists, err = sqlstore.TableExists(ctx, r.db, r.names, t); err != nil {
+				break
 			}
+			if !exists {
+				return fmt.Errorf("%w: %s; run `accord migrate up` with the same schema and table prefix", ErrNotMigrated, r.names.Table(t))
+			}
+		}
+		if err == nil {
 			return nil
 		}
 		r.log.ErrorContext(ctx, "relay cannot reach the database; retrying", "error", err, "attempt", attempt+1)
@@ -290,8 +380,9 @@ func (r *Relay) checkTable(ctx context.Context) error {
 
 // readLoop reads rows and hands them to lanes until ctx is done.
 func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
-	var cursor int64
+	var leaseGen int64
 	var lastSweep time.Time
+	var fw forward
 	caughtUp := true
 	dbFailures := 0
 	for ctx.Err() == nil {
@@ -301,32 +392,65 @@ func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
 		r.mu.Lock()
 		nInflight := len(r.inflight)
 		r.mu.Unlock()
-
-		sweep := caughtUp || time.Since(lastSweep) >= r.cfg.SweepInterval
-		// Never read more new rows than MaxInFlight leaves room for.
-		room := min(r.cfg.BatchSize, r.cfg.MaxInFlight-nInflight)
-		after, limit := cursor, room
-		if sweep {
-			// Read everything still in the table, so rows committed behind
-			// the cursor are found; skip the ones already on their way.
-			after, limit = 0, room+nInflight
-		}
+		// The read's number is taken before the leases are looked at, so
+		// that a lease cycle that marks a slot for release after this point
+		// waits for this read (readsDone) before it gives the slot up.
 		r.mu.Lock()
 		r.reads++
 		readNo := r.reads
 		r.mu.Unlock()
+		var opts sqlstore.ReadOpts
+		var epochs [Slots]int64
+		if r.leases != nil {
+			var gen int64
+			opts.Slots, epochs, gen = r.leases.readable()
+			if len(opts.Slots) == 0 {
+				// No lease (yet): wait for the lease loop.
+				r.readDone(readNo)
+				r.waitLeases(ctx)
+				continue
+			}
+			if gen != leaseGen {
+				// New slots: their rows below the floor were never read.
+				leaseGen = gen
+				fw.reset()
+			}
+			if len(opts.Slots) == Slots {
+				opts.Slots = nil // every slot: no filter
+			}
+		}
+		if opts.Slots != nil {
+			// Only some slots: the gaps in what a read returns are other
+			// instances' rows as much as holes, so every read is a sweep.
+			fw.reset()
+		}
+
+		// Never read more new rows than MaxInFlight leaves room for.
+		room := min(r.cfg.BatchSize, r.cfg.MaxInFlight-nInflight)
+		sweep := caughtUp || !fw.ready() || time.Since(lastSweep) >= r.cfg.SweepInterval
+		after, limit := fw.floor-1, room
+		if fw.holes() {
+			// Rows above a hole are read again (and skipped) until it is
+			// filled or given up.
+			limit = room + nInflight
+		}
+		if sweep {
+			// Read everything still in the table, so rows committed behind
+			// the floor are found; skip the ones already on their way.
+			after, limit = 0, room+nInflight
+		}
 		readStart := time.Now()
 		var rows []sqlstore.Row
 		hasParked, err := r.names.HasParked(ctx, r.db)
-		if err == nil && hasParked {
-			rows, err = r.names.ReadAfterUnparked(ctx, r.db, after, limit)
-		} else if err == nil {
-			rows, err = r.names.ReadAfter(ctx, r.db, after, limit)
+		if err == nil {
+			opts.Unparked = hasParked
+			rows, err = r.names.Read(ctx, r.db, after, limit, opts)
 		}
 		if err == nil && r.obs != nil {
 			r.obs.Read(ctx, len(rows), sweep, time.Since(readStart))
 		}
 		if err != nil {
+			r.readDone(readNo)
 			if ctx.Err() != nil {
 				return
 			}
@@ -345,6 +469,9 @@ func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
 
 		perLane := make([][]item, len(lanes))
 		r.mu.Lock()
+		if opts.Slots == nil {
+			fw.observe(rows, time.Now())
+		}
 		for _, row := range rows {
 			if _, busy := r.inflight[row.Seq]; busy {
 				continue
@@ -355,11 +482,13 @@ func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
 			if at, gone := r.tombstones[row.Seq]; gone && at >= readNo {
 				continue
 			}
-			r.inflight[row.Seq] = struct{}{}
-			cursor = max(cursor, row.Seq)
+			slot := slotOf(row.Shard)
+			r.inflight[row.Seq] = int32(slot)
+			r.slotBusy[slot]++
 			l := int(row.Shard) % len(lanes)
-			perLane[l] = append(perLane[l], item{row: row, readNo: readNo})
+			perLane[l] = append(perLane[l], item{row: row, readNo: readNo, slot: slot, epoch: epochs[slot]})
 		}
+		r.readsDone = readNo
 		// Rows deleted before this read started cannot show up in any later
 		// read: forget them.
 		for seq, at := range r.tombstones {
@@ -419,10 +548,32 @@ func (r *Relay) waitWake(ctx context.Context) {
 	}
 }
 
+// readDone records that read readNo handed its rows over (or had none).
+func (r *Relay) readDone(readNo int64) {
+	r.mu.Lock()
+	r.readsDone = readNo
+	r.mu.Unlock()
+}
+
+// waitLeases waits until the lease loop acquired slots, or the poll
+// interval passed.
+func (r *Relay) waitLeases(ctx context.Context) {
+	t := time.NewTimer(r.cfg.PollInterval)
+	defer t.Stop()
+	select {
+	case <-r.leases.changed:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
 func (r *Relay) release(seqs []int64) {
 	r.mu.Lock()
 	for _, s := range seqs {
-		delete(r.inflight, s)
+		if slot, ok := r.inflight[s]; ok {
+			delete(r.inflight, s)
+			r.slotBusy[slot]--
+		}
 	}
 	r.mu.Unlock()
 	select {
@@ -447,8 +598,11 @@ func (r *Relay) runLane(ctx context.Context, lane int, in chan []item, acks chan
 			for end < len(items) && items[end].row.Topic == items[start].row.Topic {
 				end++
 			}
-			group := items[start:end]
+			group := r.fence(items[start:end])
 			start = end
+			if len(group) == 0 {
+				continue
+			}
 			if !r.deliver(ctx, lane, group, parked, acks) {
 				// Hard stop: leave the rest of the lane for the next run.
 				r.release(seqsOf(group))
@@ -487,6 +641,11 @@ func (r *Relay) deliver(ctx context.Context, lane int, group []item, parked map[
 	switch r.publishGroup(ctx, lane, group) {
 	case publishStopped:
 		return false
+	case publishFenced:
+		if group = r.fence(group); len(group) == 0 {
+			return true
+		}
+		return r.deliver(ctx, lane, group, parked, acks)
 	case publishSplit:
 		for i := range group {
 			single := group[i : i+1]
@@ -499,6 +658,9 @@ func (r *Relay) deliver(ctx context.Context, lane int, group []item, parked map[
 			case publishStopped:
 				r.release(seqsOf(group[i+1:]))
 				return false
+			case publishFenced:
+				r.fence(single)
+				continue
 			case publishDead:
 				r.deadLetter(ctx, lane, single[0], parked)
 				continue
@@ -532,8 +694,14 @@ func (r *Relay) deadLetter(ctx context.Context, lane int, it item, parked map[st
 	park := r.cfg.DeadLetterPolicy == ParkKey
 	for attempt := 0; ; attempt++ {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		moved, err := r.names.MoveToDead(dctx, r.db, it.row.Seq, it.lastErr, park, time.Now())
+		moved, err := r.names.MoveToDead(dctx, r.db, it.row.Seq, it.lastErr, park, time.Now(), r.owner())
 		cancel()
+		if err == nil && !moved && r.leases != nil && !r.leases.valid(it.slot, it.epoch) {
+			// Fenced: the slot's new owner has the row.
+			r.release([]int64{it.row.Seq})
+			r.fenced.Add(1)
+			return
+		}
 		if err == nil {
 			r.mu.Lock()
 			r.tombstones[it.row.Seq] = r.reads
@@ -570,7 +738,52 @@ const (
 	publishStopped                      // hard stop: nothing more to do
 	publishSplit                        // failed DeadLetterAfter times: publish row by row
 	publishDead                         // a single row failed DeadLetterAfter times
+	publishFenced                       // a lease of the group's rows ran out: nothing published
 )
+
+// errLeaseLost stops a publish call whose rows' lease ran out.
+var errLeaseLost = errors.New("accord relay: lease lost")
+
+// fence gives back, unpublished, the items whose lease this instance no
+// longer holds, and returns the others. Every item of a lost lease goes:
+// none of its epoch is published after one was set aside, so order per key
+// holds.
+func (r *Relay) fence(items []item) []item {
+	if r.leases == nil {
+		return items
+	}
+	if r.leasesValid(items) {
+		return items
+	}
+	kept := items[:0:0]
+	var dropped []int64
+	for _, it := range items {
+		if r.leases.valid(it.slot, it.epoch) {
+			kept = append(kept, it)
+		} else {
+			dropped = append(dropped, it.row.Seq)
+		}
+	}
+	r.release(dropped)
+	r.fenced.Add(int64(len(dropped)))
+	return kept
+}
+
+// leasesValid reports whether this instance still holds the lease of every
+// item (checking each slot once).
+func (r *Relay) leasesValid(items []item) bool {
+	lastSlot, lastEpoch := -1, int64(-1)
+	for _, it := range items {
+		if it.slot == lastSlot && it.epoch == lastEpoch {
+			continue
+		}
+		if !r.leases.valid(it.slot, it.epoch) {
+			return false
+		}
+		lastSlot, lastEpoch = it.slot, it.epoch
+	}
+	return true
+}
 
 // publishGroup publishes rows of one topic, retrying with backoff until the
 // publisher accepts them, ctx ends, or (with DeadLetterAfter) the attempts
@@ -588,6 +801,9 @@ func (r *Relay) publishGroup(ctx context.Context, lane int, group []item) publis
 		spanCtx, span := r.startPublishSpan(ctx, group, attempt)
 		err := r.publishOnce(spanCtx, group)
 		endSpan(span, err)
+		if errors.Is(err, errLeaseLost) {
+			return publishFenced
+		}
 		if r.obs != nil {
 			p := Publication{Topic: group[0].row.Topic, Lane: lane, Messages: len(group), CreatedAt: created,
 				Attempt: attempt + 1, Duration: time.Since(start), Err: err}
@@ -639,7 +855,15 @@ func (r *Relay) publishOnce(ctx context.Context, group []item) error {
 				return err
 			}
 		}
+		if r.leases != nil {
+			msg.Metadata[outbox.MetadataLease] = strconv.Itoa(group[i].slot) + ":" + strconv.FormatInt(group[i].epoch, 10)
+		}
 		msgs = append(msgs, msg)
+	}
+	// The fence, checked as late as possible: no publish call starts
+	// after this instance's lease ran out.
+	if r.leases != nil && !r.leasesValid(group) {
+		return errLeaseLost
 	}
 	return r.pub.Publish(group[0].row.Topic, msgs...)
 }
@@ -648,7 +872,7 @@ func (r *Relay) recordFailure(ctx context.Context, group []item, cause error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	for _, it := range group {
-		if err := r.names.MarkFailed(ctx, r.db, it.row.Seq, cause); err != nil {
+		if err := r.names.MarkFailed(ctx, r.db, it.row.Seq, cause, r.owner()); err != nil {
 			r.log.Warn("relay could not record a failed attempt", "seq", it.row.Seq, "error", err)
 			return
 		}
@@ -710,10 +934,14 @@ func (r *Relay) deleteWithRetry(ctx context.Context, seqs []int64) {
 	for attempt := 0; ; attempt++ {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		start := time.Now()
-		err := r.names.Delete(dctx, r.db, seqs)
+		n, err := r.names.DeleteFenced(dctx, r.db, seqs, r.owner())
 		took := time.Since(start)
 		cancel()
 		if err == nil {
+			if n < int64(len(seqs)) && r.leases != nil {
+				r.log.Warn("relay published rows it could not delete: their lease ran out; the slot's new owner publishes them again (duplicates)",
+					"rows", int64(len(seqs))-n)
+			}
 			r.mu.Lock()
 			for _, s := range seqs {
 				r.tombstones[s] = r.reads
@@ -722,9 +950,9 @@ func (r *Relay) deleteWithRetry(ctx context.Context, seqs []int64) {
 			r.release(seqs)
 			// Counted and observed after the release, so that the deleted
 			// count never runs ahead of InFlight.
-			r.deleted.Add(int64(len(seqs)))
+			r.deleted.Add(n)
 			if r.obs != nil {
-				r.obs.Deleted(ctx, len(seqs), took)
+				r.obs.Deleted(ctx, int(n), took)
 			}
 			return
 		}

@@ -3,7 +3,6 @@ package sqlstore
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -153,8 +152,7 @@ func (n Names) selectSQL(where string) string {
 
 // ReadAfter returns up to limit rows with seq > after, in seq order.
 func (n Names) ReadAfter(ctx context.Context, q Querier, after int64, limit int) ([]Row, error) {
-	ph := Placeholders(n.Dialect)
-	return n.scan(q.QueryContext(ctx, n.selectSQL("WHERE seq > "+ph(1)+" ORDER BY seq LIMIT "+ph(2)), after, limit))
+	return n.Read(ctx, q, after, limit, ReadOpts{})
 }
 
 // ReadOne returns the row with the given seq, or (nil, nil) if it is gone.
@@ -189,44 +187,28 @@ func (n Names) scan(rs *sql.Rows, err error) ([]Row, error) {
 	return out, rs.Err()
 }
 
-// Delete removes the rows with the given seqs in one statement.
+// Delete removes the rows with the given seqs in one statement (MySQL: one
+// per 1,000 rows).
 func (n Names) Delete(ctx context.Context, ex Execer, seqs []int64) error {
-	if len(seqs) == 0 {
-		return nil
-	}
-	switch n.Dialect {
-	case accord.Postgres:
-		_, err := ex.ExecContext(ctx, "DELETE FROM "+n.Outbox()+" WHERE seq = ANY($1::int8[])", seqs)
-		return err
-	case accord.SQLite:
-		js, _ := json.Marshal(seqs)
-		_, err := ex.ExecContext(ctx, "DELETE FROM "+n.Outbox()+" WHERE seq IN (SELECT value FROM json_each(?))", string(js))
-		return err
-	case accord.MySQL:
-		for start := 0; start < len(seqs); start += sqliteChunk {
-			chunk := seqs[start:min(start+sqliteChunk, len(seqs))]
-			args := make([]any, len(chunk))
-			for i, s := range chunk {
-				args[i] = s
-			}
-			q := "DELETE FROM " + n.Outbox() + " WHERE seq IN (?" + strings.Repeat(", ?", len(chunk)-1) + ")"
-			if _, err := ex.ExecContext(ctx, q, args...); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	return n.Dialect.Validate()
+	_, err := n.DeleteFenced(ctx, ex, seqs, "")
+	return err
 }
 
 // MaxErrorLength bounds the last_error text stored for a failed row.
 const MaxErrorLength = 2000
 
 // MarkFailed records a failed publish attempt on a row.
-func (n Names) MarkFailed(ctx context.Context, ex Execer, seq int64, cause error) error {
+// With owner not "", only while owner holds the row's lease slot.
+func (n Names) MarkFailed(ctx context.Context, ex Execer, seq int64, cause error, owner string) error {
 	msg := StorableText(cause.Error(), MaxErrorLength)
 	ph := Placeholders(n.Dialect)
-	_, err := ex.ExecContext(ctx, "UPDATE "+n.Outbox()+" SET attempts = attempts + 1, last_error = "+ph(1)+" WHERE seq = "+ph(2), msg, seq)
+	q := "UPDATE " + n.Outbox() + " SET attempts = attempts + 1, last_error = " + ph(1) + " WHERE seq = " + ph(2)
+	args := []any{msg, seq}
+	if owner != "" {
+		q += " AND " + n.heldBy("", ph(3))
+		args = append(args, owner)
+	}
+	_, err := ex.ExecContext(ctx, q, args...)
 	return err
 }
 

@@ -42,19 +42,26 @@ type BeginTxer interface {
 // MoveToDead moves one outbox row to the dead-letter table in one
 // transaction, with its attempt count and last error; parked holds back the
 // key's later rows.
-// It returns false when the row was gone already.
-func (n Names) MoveToDead(ctx context.Context, db BeginTxer, seq int64, lastErr string, parked bool, now time.Time) (bool, error) {
+// It returns false when the row was gone already, or (owner not "") when
+// owner no longer holds the row's lease slot.
+func (n Names) MoveToDead(ctx context.Context, db BeginTxer, seq int64, lastErr string, parked bool, now time.Time, owner string) (bool, error) {
 	ph := Placeholders(n.Dialect)
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
 		return false, err
 	}
 	defer func() { _ = tx.Rollback() }()
+	args := []any{StorableText(lastErr, MaxErrorLength), n.boolValue(parked), n.nowValue(now), seq}
+	fence := ""
+	if owner != "" {
+		fence = " AND " + n.heldBy("", ph(5))
+		args = append(args, owner)
+	}
 	res, err := tx.ExecContext(ctx, "INSERT INTO "+n.Dead()+
 		" (seq, id, topic, partition_key, shard, aggregate_version, payload, metadata, created_at, attempts, last_error, parked, dead_at)"+
 		" SELECT seq, id, topic, partition_key, shard, aggregate_version, payload, metadata, created_at, attempts, "+ph(1)+", "+ph(2)+", "+ph(3)+
-		" FROM "+n.Outbox()+" WHERE seq = "+ph(4),
-		StorableText(lastErr, MaxErrorLength), n.boolValue(parked), n.nowValue(now), seq)
+		" FROM "+n.Outbox()+" WHERE seq = "+ph(4)+fence,
+		args...)
 	if err != nil {
 		return false, err
 	}
@@ -83,15 +90,6 @@ func (n Names) trueLiteral() string {
 		return "1"
 	}
 	return "TRUE"
-}
-
-// ReadAfterUnparked is ReadAfter without the rows of keys held back by a
-// parked dead letter.
-func (n Names) ReadAfterUnparked(ctx context.Context, q Querier, after int64, limit int) ([]Row, error) {
-	ph := Placeholders(n.Dialect)
-	where := "o WHERE o.seq > " + ph(1) + " AND NOT EXISTS (SELECT 1 FROM " + n.Dead() + " d WHERE d.parked = " + n.trueLiteral() +
-		" AND d.partition_key = o.partition_key) ORDER BY o.seq LIMIT " + ph(2)
-	return n.scan(q.QueryContext(ctx, n.selectSQLAliased(where), after, limit))
 }
 
 func (n Names) selectSQLAliased(where string) string {

@@ -5,10 +5,12 @@
 package testproc
 
 import (
+	"bytes"
 	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"testing"
 	"time"
@@ -108,4 +110,44 @@ func (c *Child) Terminate(t *testing.T, timeout time.Duration) (time.Duration, e
 	require.NoError(t, c.cmd.Process.Signal(syscall.SIGTERM))
 	err := c.Wait(t, timeout)
 	return time.Since(start), err
+}
+
+// Pid returns the process id.
+func (c *Child) Pid() int { return c.cmd.Process.Pid }
+
+// Pause sends SIGSTOP and waits (at most 10 s) until the kernel reports the
+// process stopped, so that nothing it does can be timed after the returned
+// instant.
+func (c *Child) Pause(t *testing.T) time.Time {
+	t.Helper()
+	c.requireRunning(t, "SIGSTOP")
+	require.NoError(t, c.cmd.Process.Signal(syscall.SIGSTOP))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if state(t, c.cmd.Process.Pid) == 'T' {
+			return time.Now()
+		}
+		require.True(t, time.Now().Before(deadline), "%s process %d not stopped 10 s after SIGSTOP", c.name, c.cmd.Process.Pid)
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// Resume sends SIGCONT and returns the instant before it was sent.
+func (c *Child) Resume(t *testing.T) time.Time {
+	t.Helper()
+	c.requireRunning(t, "SIGCONT")
+	at := time.Now()
+	require.NoError(t, c.cmd.Process.Signal(syscall.SIGCONT))
+	return at
+}
+
+// state returns the process state letter of /proc/<pid>/stat.
+func state(t *testing.T, pid int) byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	require.NoError(t, err)
+	// pid (comm) S ...: comm may contain spaces, so look after the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	require.True(t, i >= 0 && i+2 < len(b), "unexpected /proc/%d/stat: %q", pid, b)
+	return b[i+2]
 }

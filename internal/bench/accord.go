@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"time"
 
@@ -11,11 +12,7 @@ import (
 
 	"github.com/accordgo/accord"
 	"github.com/accordgo/accord/outbox"
-	"github.com/accordgo/accord/relay"
 )
-
-// Topic is the destination topic of every benchmark event.
-const Topic = "bench.orders"
 
 // seedBatch is the number of events written per statement and transaction
 // when seeding a backlog.
@@ -41,11 +38,16 @@ type phaseOutcome struct {
 	backlog int64
 	seed    time.Duration
 	elapsed time.Duration
-	check   check
+	// relaysElapsed is the time until the relays deleted every row (Accord
+	// drain only).
+	relaysElapsed time.Duration
+	check         check
 }
 
 // accordDrain writes n events into a fresh outbox with the given table
-// prefix, then times one relay draining them into a sink.
+// prefix, then times Options.Relays relays draining them into the
+// destination: until the destination received every event and the relays
+// together deleted every row.
 func (r *runner) accordDrain(ctx context.Context, prefix string, n int) (out phaseOutcome, err error) {
 	if err := r.migrateUp(ctx, prefix); err != nil {
 		return out, err
@@ -59,6 +61,16 @@ func (r *runner) accordDrain(ctx context.Context, prefix string, n int) (out pha
 	if err != nil {
 		return out, err
 	}
+	// Subscribed before anything is written to the topic.
+	d, err := r.newDestination(ctx, "drain", n, true)
+	if err != nil {
+		return out, err
+	}
+	defer func() {
+		if cerr := d.close(ctx); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
 
 	r.logf("drain (Accord): writing %d events over %d keys into %s.%soutbox", n, min(n, Keys), r.schema, prefix)
 	seedStart := time.Now()
@@ -69,7 +81,7 @@ func (r *runner) accordDrain(ctx context.Context, prefix string, n int) (out pha
 		for i := start; i < min(start+seedBatch, n); i++ {
 			key, msg := newEvent(i)
 			ids[i] = msg.UUID
-			events = append(events, outbox.Event{Topic: Topic, Key: key, Message: msg})
+			events = append(events, outbox.Event{Topic: d.topic, Key: key, Message: msg})
 		}
 		tx, err := r.db.BeginTx(ctx, nil)
 		if err != nil {
@@ -92,15 +104,13 @@ func (r *runner) accordDrain(ctx context.Context, prefix string, n int) (out pha
 		return out, fmt.Errorf("accord bench: count backlog: %w", err)
 	}
 	out.seed = time.Since(seedStart)
-	r.logf("drain (Accord): wrote %d events in %.2f s (%.0f events/s); starting the relay", out.backlog, out.seed.Seconds(), float64(out.backlog)/out.seed.Seconds())
+	r.logf("drain (Accord): wrote %d events in %.2f s (%.0f events/s); starting %s", out.backlog, out.seed.Seconds(), float64(out.backlog)/out.seed.Seconds(), plural(r.opts.Relays, "relay"))
 
-	s := newSink(r.base, n)
-	s.delay = r.opts.PublishLatency
-	cfg := r.relayConfig(prefix)
-	rl, err := relay.New(r.db, s, cfg)
+	rs, err := r.newRelays(ctx, prefix, d, nil)
 	if err != nil {
 		return out, err
 	}
+	defer func() { _ = rs.stop() }() // before d.close: the relays stop publishing first
 	if r.opts.CPUProfile != nil {
 		if err := pprof.StartCPUProfile(r.opts.CPUProfile); err != nil {
 			r.logf("drain (Accord): no CPU profile: %v", err)
@@ -112,25 +122,49 @@ func (r *runner) accordDrain(ctx context.Context, prefix string, n int) (out pha
 		r.timerStart()
 	}
 	start := time.Now()
-	bg := goBackground(func() error { return rl.Run(ctx) })
-	defer func() {
-		_ = rl.Close()
-		<-bg.done
+	rs.run(ctx)
+	// Note when the relays together deleted every row: with a broker
+	// destination that can be well before the benchmark's subscriber
+	// received the last event.
+	relaysDone := make(chan time.Time, 1)
+	quit := make(chan struct{})
+	defer close(quit)
+	go func() {
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for rs.deleted() < out.backlog {
+			select {
+			case <-tick.C:
+			case <-quit:
+				return
+			}
+		}
+		relaysDone <- time.Now()
 	}()
-	if err := r.waitSink(ctx, s, "drain (Accord)", bg); err != nil {
+	if err := r.waitSink(ctx, d.sink, "drain (Accord)", slices.Concat(rs.bgs, d.stops())...); err != nil {
 		return out, err
 	}
-	// Done when the relay also deleted every published row.
-	for rl.Stats().Deleted < out.backlog {
+	received := r.base.Add(time.Duration(d.sink.doneAt.Load()))
+	// Done when the relays also deleted every published row.
+	var deleted time.Time
+	look := time.NewTicker(10 * time.Millisecond)
+	defer look.Stop()
+	for deleted.IsZero() {
 		select {
-		case <-bg.done:
-			return out, fmt.Errorf("accord bench: drain (Accord): relay stopped before deleting every row: %v", bg.err)
+		case deleted = <-relaysDone:
+		case <-look.C:
+			if bg := rs.stopped(); bg != nil {
+				return out, fmt.Errorf("accord bench: drain (Accord): relay stopped before deleting every row: %v", bg.err)
+			}
 		case <-ctx.Done():
 			return out, ctx.Err()
-		case <-time.After(time.Millisecond):
 		}
 	}
-	end := time.Now()
+	end := deleted
+	if received.After(end) {
+		end = received
+	}
+	out.relaysElapsed = deleted.Sub(start)
 	if r.timerStop != nil {
 		r.timerStop()
 	}
@@ -138,19 +172,17 @@ func (r *runner) accordDrain(ctx context.Context, prefix string, n int) (out pha
 		pprof.StopCPUProfile()
 	}
 	out.elapsed = end.Sub(start)
-	_ = rl.Close()
-	<-bg.done
-	if bg.err != nil {
-		return out, fmt.Errorf("accord bench: drain (Accord): relay: %w", bg.err)
+	if err := rs.stop(); err != nil {
+		return out, fmt.Errorf("accord bench: drain (Accord): %w", err)
 	}
 	var left int64
 	if err := r.db.QueryRowContext(ctx, "SELECT count(*) FROM "+table).Scan(&left); err != nil {
 		return out, fmt.Errorf("accord bench: count rows left: %w", err)
 	}
 	if left != 0 {
-		return out, fmt.Errorf("accord bench: drain (Accord): %d rows left in the outbox after the relay reported every row deleted", left)
+		return out, fmt.Errorf("accord bench: drain (Accord): %d rows left in the outbox after the relays reported every row deleted", left)
 	}
-	out.check = verify(s.receipts(), ids, nil)
+	out.check = verify(d.sink.receipts(), ids, nil)
 	r.logf("drain (Accord): %d events in %.3f s = %.0f events/s (lost %d, duplicates %d, order violations %d, unexpected %d)",
 		out.backlog, out.elapsed.Seconds(), float64(out.backlog)/out.elapsed.Seconds(),
 		out.check.Lost, out.check.Duplicates, out.check.OrderViolations, out.check.Unexpected)

@@ -3,26 +3,41 @@
 // watermill-sql v4) in its default configuration. `accord bench relay` runs
 // it; docs/benchmarks.md reports a run.
 //
-// A run has three phases, each on its own tables in one schema created for
+// A run has four phases, each on its own tables in one schema created for
 // the run and dropped at the end:
 //
-//   - Drain: Events rows are written into the outbox first, then one relay
-//     starts and is timed until the destination received every event and the
-//     table is empty.
+//   - Drain: Events rows are written into the outbox first, then Relays
+//     relays start and are timed until the destination received every event
+//     and the relays together deleted every row (the table is then checked
+//     to be empty).
 //   - Forwarder: the same number of events is written through
 //     forwarder.NewPublisher wrapping a watermill-sql publisher, then one
 //     forwarder starts and is timed until the destination received every
 //     event (watermill-sql's default schema never deletes rows).
-//   - Latency: one relay runs on an empty outbox while writers commit Rate
-//     events per second, one event per transaction; the latency of an event
-//     is the time from just before its COMMIT to its arrival at the
+//   - Latency: Relays relays run on an empty outbox while writers commit
+//     Rate events per second, one event per transaction; the latency of an
+//     event is the time from just before its COMMIT to its arrival at the
 //     destination.
+//   - Idle: Relays relays run on an empty outbox with nothing written; the
+//     CPU time of the whole process (user + system, getrusage) over
+//     IdleDuration, divided by the wall time, is the idle relays' CPU use in
+//     percent of one core.
 //
-// The destination of both relays is the same in-process message.Publisher,
-// which records each message and returns at once, so the figures measure
-// the relays and the database, not a broker. Every event carries its index,
-// partition key and per-key sequence number in metadata; each phase checks
-// for lost events, duplicates and per-key order violations.
+// Each relay instance has its own connection pool and its own publisher, as
+// separate relay processes would; they run the same relay.Config on the
+// same outbox and rely on the relay to share its work between them.
+//
+// By default the destination is an in-process message.Publisher that
+// records each message and returns at once, so the figures measure the
+// relays and the database, not a broker. With a broker URL as Destination
+// (nats://, amqp://, redis://, anything internal/broker opens that has a
+// subscriber), the relays and the forwarder publish to that broker, and the
+// benchmark subscribes to each phase's topic (unique to the run and phase,
+// subscribed before anything is published) and records what it receives
+// there; the phase's topic is removed from the broker at its end. Every
+// event carries its index, partition key and per-key sequence number in
+// metadata; each phase checks for lost events, duplicates and per-key order
+// violations.
 package bench
 
 import (
@@ -42,6 +57,7 @@ import (
 	"time"
 
 	"github.com/accordgo/accord"
+	"github.com/accordgo/accord/internal/broker"
 	"github.com/accordgo/accord/migrate"
 	"github.com/accordgo/accord/relay"
 )
@@ -52,6 +68,10 @@ const (
 	EventsDefault          = 100000
 	RateDefault            = 1000
 	LatencyDurationDefault = 10 * time.Second
+	IdleDurationDefault    = 5 * time.Second
+	RelaysDefault          = 1
+	// RelaysMax is the most relay instances a run can have.
+	RelaysMax = 16
 	// Keys is the number of partition keys events are spread over.
 	Keys = 1000
 )
@@ -76,14 +96,27 @@ type Options struct {
 	// LatencyDuration is how long the latency phase writes. Defaults to
 	// LatencyDurationDefault (10 s); a negative value skips the phase.
 	LatencyDuration time.Duration
+	// IdleDuration is how long the idle phase measures CPU use. Defaults to
+	// IdleDurationDefault (5 s); a negative value skips the phase.
+	IdleDuration time.Duration
 	// NoForwarder skips the watermill forwarder phase.
 	NoForwarder bool
+	// Destination is where the relays and the forwarder publish:
+	// DestinationInProcess (or "", the default) for the in-process sink, or
+	// a broker URL that internal/broker opens and can subscribe to, such as
+	// nats://127.0.0.1:4222, amqp://guest:guest@127.0.0.1:5672/ or
+	// redis://127.0.0.1:6379.
+	Destination string
+	// Relays is the number of relay instances run together in the drain,
+	// latency and idle phases, from 1 to RelaysMax. Defaults to 1.
+	Relays int
 	// Lanes and BatchSize configure the Accord relay; 0 means the relay's
 	// defaults.
 	Lanes, BatchSize int
 	// PublishLatency is slept in every publish call of the in-process sink,
 	// for Accord and the forwarder alike, to stand for a broker round trip.
-	// Defaults to 0.
+	// Defaults to 0. It applies to the in-process destination only: a
+	// non-zero value with a broker Destination is invalid.
 	PublishLatency time.Duration
 	// Progress receives one line per phase step. Defaults to os.Stderr.
 	Progress io.Writer
@@ -105,6 +138,15 @@ func (o Options) withDefaults() Options {
 	if o.LatencyDuration == 0 {
 		o.LatencyDuration = LatencyDurationDefault
 	}
+	if o.IdleDuration == 0 {
+		o.IdleDuration = IdleDurationDefault
+	}
+	if o.Relays == 0 {
+		o.Relays = RelaysDefault
+	}
+	if isInProcess(o.Destination) {
+		o.Destination = DestinationInProcess
+	}
 	if o.Progress == nil {
 		o.Progress = os.Stderr
 	}
@@ -118,6 +160,17 @@ func (o Options) validate() error {
 	}
 	if o.Rate < 1 {
 		errs = append(errs, fmt.Errorf("Rate %d: must be positive", o.Rate))
+	}
+	if o.Relays < 1 || o.Relays > RelaysMax {
+		errs = append(errs, fmt.Errorf("Relays %d: must be between 1 and %d", o.Relays, RelaysMax))
+	}
+	if o.PublishLatency < 0 {
+		errs = append(errs, fmt.Errorf("PublishLatency %s: must not be negative", o.PublishLatency))
+	}
+	if err := checkDestination(o.Destination); err != nil {
+		errs = append(errs, err)
+	} else if !isInProcess(o.Destination) && o.PublishLatency != 0 {
+		errs = append(errs, fmt.Errorf("PublishLatency %s: applies to the in-process destination only, not to %s", o.PublishLatency, broker.RedactURL(o.Destination)))
 	}
 	if d, _, err := accord.ParseDatabaseURL(o.DatabaseURL); err != nil {
 		errs = append(errs, err)
@@ -139,11 +192,15 @@ func (o Options) validate() error {
 type Result struct {
 	// Events is the requested backlog size; Backlog the rows actually in
 	// the outbox when the relay started.
-	Events      int    `json:"events"`
-	Backlog     int64  `json:"backlog"`
+	Events  int   `json:"events"`
+	Backlog int64 `json:"backlog"`
+	// Destination is "inprocess" or the broker URL, credentials redacted.
 	Destination string `json:"destination"`
-	Relays      int    `json:"relays"`
-	// PublishLatencyMS is the injected per-publish-call latency.
+	// Relays is the number of relay instances of the drain, latency and
+	// idle phases.
+	Relays int `json:"relays"`
+	// PublishLatencyMS is the injected per-publish-call latency (in-process
+	// destination only).
 	PublishLatencyMS float64 `json:"publish_latency_ms"`
 	Lanes            int     `json:"lanes"`
 	BatchSize        int     `json:"batch_size"`
@@ -151,13 +208,19 @@ type Result struct {
 	SeedSeconds       float64 `json:"seed_seconds"`
 	DrainSeconds      float64 `json:"drain_seconds"`
 	DrainEventsPerSec float64 `json:"drain_events_per_sec"`
+	// DrainRelaySeconds is the time until the relays had deleted every
+	// row, so the destination had accepted every event. DrainSeconds also
+	// waits for every event to arrive: with a broker destination, at the
+	// benchmark's own subscriber, which can be the slower side.
+	DrainRelaySeconds float64 `json:"drain_relay_seconds"`
 
-	// Forwarder figures are absent when the forwarder phase was skipped.
-	ForwarderSeedSeconds  float64 `json:"forwarder_seed_seconds,omitempty"`
-	ForwarderSeconds      float64 `json:"forwarder_seconds,omitempty"`
-	ForwarderEventsPerSec float64 `json:"forwarder_events_per_sec,omitempty"`
-	// Ratio is DrainEventsPerSec / ForwarderEventsPerSec.
-	Ratio float64 `json:"ratio,omitempty"`
+	// Forwarder figures are 0 when the forwarder phase was skipped.
+	ForwarderSeedSeconds  float64 `json:"forwarder_seed_seconds"`
+	ForwarderSeconds      float64 `json:"forwarder_seconds"`
+	ForwarderEventsPerSec float64 `json:"forwarder_events_per_sec"`
+	// Ratio is DrainEventsPerSec / ForwarderEventsPerSec (0 without the
+	// forwarder phase).
+	Ratio float64 `json:"ratio"`
 
 	LatencyP50Ms float64 `json:"latency_p50_ms"`
 	LatencyP99Ms float64 `json:"latency_p99_ms"`
@@ -181,6 +244,13 @@ type Result struct {
 	AfterCommitP50Ms float64 `json:"after_commit_p50_ms"`
 	AfterCommitP99Ms float64 `json:"after_commit_p99_ms"`
 
+	// RelayCPUIdlePercent is the CPU time (user + system) of the whole
+	// benchmark process while only the idle relays ran, over IdleSeconds
+	// of wall time, in percent of one core. 0 when the idle phase was
+	// skipped.
+	RelayCPUIdlePercent float64 `json:"relay_cpu_idle_percent"`
+	IdleSeconds         float64 `json:"idle_seconds"`
+
 	MaxRSSMiB float64 `json:"max_rss_mib"`
 	// LoadAvgStart and LoadAvgEnd are the machine's 1-minute load average
 	// when the run started and ended: other work on the machine (or on the
@@ -189,7 +259,7 @@ type Result struct {
 	LoadAvgEnd   float64 `json:"loadavg_end"`
 
 	// Lost, Duplicates and OrderViolations cover every event the Accord
-	// relay published (drain and latency phases).
+	// relays published (drain and latency phases).
 	Lost            int64 `json:"lost"`
 	Duplicates      int64 `json:"duplicates"`
 	OrderViolations int64 `json:"order_violations"`
@@ -239,8 +309,8 @@ func RunRelay(ctx context.Context, opts Options) (*Result, error) {
 	rc := r.relayConfig("")
 	res := &Result{
 		Events:           opts.Events,
-		Destination:      "inprocess",
-		Relays:           1,
+		Destination:      DestinationInProcess,
+		Relays:           opts.Relays,
 		PublishLatencyMS: float64(opts.PublishLatency) / float64(time.Millisecond),
 		Lanes:            rc.Lanes,
 		BatchSize:        rc.BatchSize,
@@ -252,7 +322,10 @@ func RunRelay(ctx context.Context, opts Options) (*Result, error) {
 	if err := r.db.QueryRowContext(ctx, "SHOW server_version").Scan(&res.PostgresVersion); err != nil {
 		return nil, fmt.Errorf("accord bench: read server version: %w", err)
 	}
-	r.logf("PostgreSQL %s, %s, %d CPUs, schema %s", res.PostgresVersion, res.GoVersion, res.CPUs, r.schema)
+	if !isInProcess(opts.Destination) {
+		res.Destination = broker.RedactURL(opts.Destination)
+	}
+	r.logf("PostgreSQL %s, %s, %d CPUs, schema %s, destination %s, %s", res.PostgresVersion, res.GoVersion, res.CPUs, r.schema, res.Destination, plural(opts.Relays, "relay"))
 
 	// Phase 1: Accord drain.
 	d, err := r.accordDrain(ctx, "drain_", opts.Events)
@@ -263,6 +336,7 @@ func RunRelay(ctx context.Context, opts Options) (*Result, error) {
 	res.SeedSeconds = d.seed.Seconds()
 	res.DrainSeconds = d.elapsed.Seconds()
 	res.DrainEventsPerSec = float64(d.backlog) / d.elapsed.Seconds()
+	res.DrainRelaySeconds = d.relaysElapsed.Seconds()
 	res.Lost, res.Duplicates, res.OrderViolations, res.Unexpected = d.check.Lost, d.check.Duplicates, d.check.OrderViolations, d.check.Unexpected
 
 	// Phase 2: watermill forwarder.
@@ -302,6 +376,17 @@ func RunRelay(ctx context.Context, opts Options) (*Result, error) {
 		res.OrderViolations += l.check.OrderViolations
 		res.Unexpected += l.check.Unexpected
 	}
+	// Phase 4: idle relays.
+	if opts.IdleDuration > 0 {
+		i, err := r.idle(ctx, "idle_")
+		if err != nil {
+			return nil, err
+		}
+		if i.ok {
+			res.IdleSeconds = i.window.Seconds()
+			res.RelayCPUIdlePercent = i.percent()
+		}
+	}
 	res.MaxRSSMiB = maxRSSMiB()
 	res.LoadAvgEnd = loadAvg1()
 	return res, nil
@@ -310,6 +395,22 @@ func RunRelay(ctx context.Context, opts Options) (*Result, error) {
 // newRunner opens the database and creates the run's schema. cleanup drops
 // the schema and closes the pool.
 func newRunner(ctx context.Context, opts Options) (*runner, func(), error) {
+	logger := slog.New(slog.NewTextHandler(opts.Progress, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	if !isInProcess(opts.Destination) {
+		// Check the URL and that the broker is there before anything else.
+		b, err := broker.Open(ctx, opts.Destination, logger)
+		if errors.Is(err, broker.ErrUnknownScheme) || errors.Is(err, broker.ErrInvalidURL) {
+			return nil, nil, fmt.Errorf("%w: Destination: %w", ErrInvalidOptions, err)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("accord bench: destination: %w", err)
+		}
+		noSub := b.Subscriber == nil
+		_ = b.Close()
+		if noSub {
+			return nil, nil, fmt.Errorf("%w: Destination %s: the benchmark cannot subscribe to it", ErrInvalidOptions, b.Name)
+		}
+	}
 	db, _, err := accord.OpenDB(opts.DatabaseURL)
 	if err != nil {
 		return nil, nil, fmt.Errorf("accord bench: %w", err)
@@ -329,7 +430,7 @@ func newRunner(ctx context.Context, opts Options) (*runner, func(), error) {
 		db:     db,
 		schema: randomName("accord_bench_"),
 		base:   time.Now(),
-		logger: slog.New(slog.NewTextHandler(opts.Progress, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		logger: logger,
 	}
 	if _, err := db.ExecContext(ctx, `CREATE SCHEMA "`+r.schema+`"`); err != nil {
 		_ = db.Close()
@@ -398,17 +499,30 @@ func goBackground(f func() error) *background {
 }
 
 // waitSink waits until s received its target, printing progress every
-// couple of seconds. It fails when bg (the relay) returns first, when ctx
-// ends, or when nothing arrives for stallTimeout.
-func (r *runner) waitSink(ctx context.Context, s *sink, phase string, bg *background) error {
+// couple of seconds. It fails when one of stops (the relays, the forwarder,
+// the subscription reader) returns first, when ctx ends, or when nothing
+// arrives for stallTimeout.
+func (r *runner) waitSink(ctx context.Context, s *sink, phase string, stops ...*background) error {
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
+	stopped := make(chan *background, len(stops))
+	quit := make(chan struct{})
+	defer close(quit)
+	for _, bg := range stops {
+		go func() {
+			select {
+			case <-bg.done:
+				stopped <- bg
+			case <-quit:
+			}
+		}()
+	}
 	last, lastChange := int64(-1), time.Now()
 	for {
 		select {
 		case <-s.done:
 			return nil
-		case <-bg.done:
+		case bg := <-stopped:
 			select {
 			case <-s.done:
 				return nil

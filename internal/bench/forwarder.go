@@ -29,8 +29,8 @@ const (
 
 // forwarderDrain writes n events through watermill's forwarder publisher
 // (watermill-sql v4, default PostgreSQL schema and offsets adapter) and
-// times one forwarder, in its default configuration, forwarding them into a
-// sink. The watermill tables live in the run's schema: the forwarder's pool
+// times one forwarder, in its default configuration, forwarding them into
+// the destination (one publisher, like one relay). The watermill tables live in the run's schema: the forwarder's pool
 // has that schema as its search_path, so the table names are watermill's
 // defaults.
 func (r *runner) forwarderDrain(ctx context.Context, n int) (out phaseOutcome, err error) {
@@ -58,6 +58,21 @@ func (r *runner) forwarderDrain(ctx context.Context, n int) (out phaseOutcome, e
 		_, _ = r.db.ExecContext(dctx, `DROP TABLE IF EXISTS "`+r.schema+`"."watermill_`+forwarderTopic+`", "`+r.schema+`"."watermill_offsets_`+forwarderTopic+`"`)
 	}()
 
+	// Subscribed before anything is written to the topic.
+	d, err := r.newDestination(ctx, "forwarder", n, true)
+	if err != nil {
+		return out, err
+	}
+	defer func() {
+		if cerr := d.close(ctx); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	dest, err := d.publisher(ctx)
+	if err != nil {
+		return out, err
+	}
+
 	r.logf("forwarder (watermill): writing %d events through forwarder.Publisher into %s.watermill_%s", n, r.schema, forwarderTopic)
 	seedStart := time.Now()
 	ids := make([]string, n)
@@ -80,7 +95,7 @@ func (r *runner) forwarderDrain(ctx context.Context, n int) (out phaseOutcome, e
 				ids[i] = msg.UUID
 				msgs = append(msgs, msg)
 			}
-			if err := pub.Publish(Topic, msgs...); err != nil {
+			if err := pub.Publish(d.topic, msgs...); err != nil {
 				_ = tx.Rollback()
 				return out, fmt.Errorf("accord bench: forwarder seed: %w", err)
 			}
@@ -100,9 +115,7 @@ func (r *runner) forwarderDrain(ctx context.Context, n int) (out phaseOutcome, e
 	out.seed = time.Since(seedStart)
 	r.logf("forwarder (watermill): wrote %d events in %.2f s (%.0f events/s); starting the forwarder", out.backlog, out.seed.Seconds(), float64(out.backlog)/out.seed.Seconds())
 
-	s := newSink(r.base, n)
-	s.delay = r.opts.PublishLatency
-	fwd, err := forwarder.NewForwarder(sub, s, logger, forwarder.Config{})
+	fwd, err := forwarder.NewForwarder(sub, dest, logger, forwarder.Config{})
 	if err != nil {
 		return out, fmt.Errorf("accord bench: forwarder: %w", err)
 	}
@@ -112,17 +125,17 @@ func (r *runner) forwarderDrain(ctx context.Context, n int) (out phaseOutcome, e
 		_ = fwd.Close()
 		<-bg.done
 	}()
-	if err := r.waitSink(ctx, s, "forwarder (watermill)", bg); err != nil {
+	if err := r.waitSink(ctx, d.sink, "forwarder (watermill)", append([]*background{bg}, d.stops()...)...); err != nil {
 		return out, err
 	}
 	// watermill-sql's default schema never deletes rows, so the forwarder is
 	// done when the last event arrived.
-	out.elapsed = time.Duration(s.doneAt.Load() - start)
+	out.elapsed = time.Duration(d.sink.doneAt.Load() - start)
 	if err := fwd.Close(); err != nil {
 		return out, fmt.Errorf("accord bench: close forwarder: %w", err)
 	}
 	<-bg.done
-	out.check = verify(s.receipts(), ids, nil)
+	out.check = verify(d.sink.receipts(), ids, nil)
 	r.logf("forwarder (watermill): %d events in %.3f s = %.0f events/s (lost %d, duplicates %d, order violations %d, unexpected %d)",
 		out.backlog, out.elapsed.Seconds(), float64(out.backlog)/out.elapsed.Seconds(),
 		out.check.Lost, out.check.Duplicates, out.check.OrderViolations, out.check.Unexpected)

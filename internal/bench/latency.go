@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/accordgo/accord"
 	"github.com/accordgo/accord/outbox"
-	"github.com/accordgo/accord/relay"
 )
 
 // latencyOutcome is what the latency phase measured.
@@ -28,7 +28,7 @@ type latencyOutcome struct {
 // per transaction and a slow fsync does not put the schedule behind.
 func latencyWriters(rate int) int { return max(2, min(64, rate/100)) }
 
-// latency runs a relay on an empty outbox with the given table prefix while
+// latency runs Options.Relays relays on an empty outbox with the given table prefix while
 // writers commit Rate events per second for LatencyDuration, one event per
 // transaction, and measures commit-to-destination latency.
 func (r *runner) latency(ctx context.Context, prefix string) (out latencyOutcome, err error) {
@@ -48,23 +48,26 @@ func (r *runner) latency(ctx context.Context, prefix string) (out latencyOutcome
 	n := max(1, int(int64(rate)*int64(r.opts.LatencyDuration)/int64(time.Second)))
 	out.events = n
 
-	s := newSink(r.base, n)
-	s.delay = r.opts.PublishLatency
-	rl, err := relay.New(r.db, s, r.relayConfig(prefix))
+	// Subscribed before the relays start.
+	d, err := r.newDestination(ctx, "latency", n, true)
 	if err != nil {
 		return out, err
 	}
-	bg := goBackground(func() error { return rl.Run(ctx) })
 	defer func() {
-		_ = rl.Close()
-		<-bg.done
+		if cerr := d.close(ctx); cerr != nil && err == nil {
+			err = cerr
+		}
 	}()
-	select {
-	case <-rl.Running():
-	case <-bg.done:
-		return out, fmt.Errorf("accord bench: latency: relay stopped: %v", bg.err)
+	rs, err := r.newRelays(ctx, prefix, d, nil)
+	if err != nil {
+		return out, err
 	}
-	// Let the relay settle (LISTEN, first empty read) before the clock runs.
+	defer func() { _ = rs.stop() }() // before d.close: the relays stop publishing first
+	rs.run(ctx)
+	if err := rs.waitRunning(ctx); err != nil {
+		return out, fmt.Errorf("accord bench: latency: %w", err)
+	}
+	// Let the relays settle (LISTEN, first empty read) before the clock runs.
 	time.Sleep(200 * time.Millisecond)
 
 	writers := latencyWriters(rate)
@@ -103,7 +106,7 @@ func (r *runner) latency(ctx context.Context, prefix string) (out latencyOutcome
 					cancelWriters()
 					return
 				}
-				if err := ob.WriteTx(wctx, tx, outbox.Event{Topic: Topic, Key: key, Message: msg}); err != nil {
+				if err := ob.WriteTx(wctx, tx, outbox.Event{Topic: d.topic, Key: key, Message: msg}); err != nil {
 					_ = tx.Rollback()
 					errs[w] = err
 					cancelWriters()
@@ -139,15 +142,13 @@ func (r *runner) latency(ctx context.Context, prefix string) (out latencyOutcome
 	out.late = late.Load()
 	sortInt64s(commitDur)
 	out.commits = commitDur
-	if err := r.waitSink(ctx, s, "latency (Accord)", bg); err != nil {
+	if err := r.waitSink(ctx, d.sink, "latency (Accord)", slices.Concat(rs.bgs, d.stops())...); err != nil {
 		return out, err
 	}
-	_ = rl.Close()
-	<-bg.done
-	if bg.err != nil {
-		return out, fmt.Errorf("accord bench: latency: relay: %w", bg.err)
+	if err := rs.stop(); err != nil {
+		return out, fmt.Errorf("accord bench: latency: %w", err)
 	}
-	recs := s.receipts()
+	recs := d.sink.receipts()
 	out.check = verify(recs, ids, committedAt)
 	out.afterCommit = verify(recs, ids, commitEnd).Latencies
 	sortInt64s(out.afterCommit)

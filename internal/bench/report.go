@@ -13,14 +13,17 @@ func (res *Result) WriteTable(w io.Writer) error {
 	row := func(name, format string, args ...any) {
 		fmt.Fprintf(tw, "%s\t%s\n", name, fmt.Sprintf(format, args...))
 	}
-	fmt.Fprintf(tw, "Accord relay benchmark: PostgreSQL %s, %s, %d CPUs, destination %s, %d relay (%d lanes, batch %d)\n\n",
-		res.PostgresVersion, res.GoVersion, res.CPUs, res.Destination, res.Relays, res.Lanes, res.BatchSize)
+	fmt.Fprintf(tw, "Accord relay benchmark: PostgreSQL %s, %s, %d CPUs, destination %s, %s (%d lanes, batch %d)\n\n",
+		res.PostgresVersion, res.GoVersion, res.CPUs, res.Destination, plural(res.Relays, "relay"), res.Lanes, res.BatchSize)
 	row("Figure", "Value")
 	row("------", "-----")
 	if res.PublishLatencyMS > 0 {
 		row("injected publish latency", "%.3g ms per publish call (Accord and forwarder)", res.PublishLatencyMS)
 	}
 	row("Accord drain", "%s events/s (%d events in %.3f s)", thousands(res.DrainEventsPerSec), res.Backlog, res.DrainSeconds)
+	if res.Destination != DestinationInProcess {
+		row("  relays deleted every row after", "%.3f s (drain ends when that is done and every event was received)", res.DrainRelaySeconds)
+	}
 	if res.ForwarderEventsPerSec > 0 {
 		row("watermill forwarder drain", "%s events/s (%d events in %.3f s)", thousands(res.ForwarderEventsPerSec), res.Events, res.ForwarderSeconds)
 		row("ratio (Accord / forwarder)", "%.1f×", res.Ratio)
@@ -36,6 +39,11 @@ func (res *Result) WriteTable(w io.Writer) error {
 		row("  from COMMIT returning p50 / p99", "%.2f ms / %.2f ms", res.AfterCommitP50Ms, res.AfterCommitP99Ms)
 	} else {
 		row("latency", "skipped")
+	}
+	if res.IdleSeconds > 0 {
+		row("idle relay CPU", "%.2f %% of one core (%s, %.1f s, whole process)", res.RelayCPUIdlePercent, plural(res.Relays, "relay"), res.IdleSeconds)
+	} else {
+		row("idle relay CPU", "skipped")
 	}
 	row("max RSS", "%.1f MiB", res.MaxRSSMiB)
 	row("load average (1 min) start / end", "%.2f / %.2f", res.LoadAvgStart, res.LoadAvgEnd)

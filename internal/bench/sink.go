@@ -28,20 +28,24 @@ type receipt struct {
 	at  int64 // nanoseconds since the sink's clock base (monotonic)
 }
 
-// sink is the in-process destination of the benchmark: a
-// message.Publisher that records what it receives and returns at once. The
-// Accord relay (all lanes at once) and the watermill forwarder publish into
-// the same type. Metadata is parsed before the lock is taken, so the
-// critical section is one append per message.
+// sink records what the destination received. With the in-process
+// destination it is the message.Publisher itself: the relays (all lanes at
+// once) and the watermill forwarder publish into it and it returns at once.
+// With a broker destination the benchmark subscribes to the phase's topic
+// and passes every message it receives to record. Metadata is parsed before
+// the lock is taken, so the critical section is one append and one map
+// insert per message.
 type sink struct {
 	base   time.Time // clock base shared with the writers of the latency phase
 	target int64
 	delay  time.Duration // slept in every Publish call (Options.PublishLatency)
 
-	mu   sync.Mutex
-	recs []receipt
+	mu       sync.Mutex
+	recs     []receipt
+	distinct map[string]struct{} // UUIDs received
 
-	n      atomic.Int64
+	n      atomic.Int64 // messages received, duplicates included
+	unique atomic.Int64 // distinct UUIDs received
 	done   chan struct{}
 	doneAt atomic.Int64 // receive time (ns since base) of the receipt that reached target
 	once   sync.Once
@@ -50,15 +54,24 @@ type sink struct {
 var _ message.Publisher = (*sink)(nil)
 
 func newSink(base time.Time, target int) *sink {
-	return &sink{base: base, target: int64(target), recs: make([]receipt, 0, target), done: make(chan struct{})}
+	return &sink{base: base, target: int64(target), recs: make([]receipt, 0, target),
+		distinct: make(map[string]struct{}, target), done: make(chan struct{})}
 }
 
-// Publish records msgs with the time of the call.
+// Publish records msgs with the time of the call (the in-process
+// destination), after sleeping the injected publish latency.
 func (s *sink) Publish(_ string, msgs ...*message.Message) error {
 	if s.delay > 0 {
 		time.Sleep(s.delay)
 	}
-	at := int64(time.Since(s.base))
+	s.record(int64(time.Since(s.base)), msgs...)
+	return nil
+}
+
+// record records msgs as received at at (ns since base). done is closed
+// once target distinct messages (by UUID) arrived, so that duplicates do not
+// end a phase early.
+func (s *sink) record(at int64, msgs ...*message.Message) {
 	var one [1]receipt
 	local := one[:0]
 	if len(msgs) > 1 {
@@ -74,23 +87,30 @@ func (s *sink) Publish(_ string, msgs ...*message.Message) error {
 		}
 		local = append(local, r)
 	}
+	added := int64(0)
 	s.mu.Lock()
 	s.recs = append(s.recs, local...)
+	for _, r := range local {
+		if _, ok := s.distinct[r.id]; !ok {
+			s.distinct[r.id] = struct{}{}
+			added++
+		}
+	}
 	s.mu.Unlock()
-	if n := s.n.Add(int64(len(msgs))); n >= s.target {
+	s.n.Add(int64(len(msgs)))
+	if u := s.unique.Add(added); added > 0 && u >= s.target {
 		s.once.Do(func() {
 			s.doneAt.Store(at)
 			close(s.done)
 		})
 	}
-	return nil
 }
 
 // Close is a no-op: the sink stays readable after the relay closes it.
 func (s *sink) Close() error { return nil }
 
-// Received returns the number of messages received so far.
-func (s *sink) Received() int64 { return s.n.Load() }
+// Received returns the number of distinct messages received so far.
+func (s *sink) Received() int64 { return s.unique.Load() }
 
 // receipts returns a copy of what was received, in receive order.
 func (s *sink) receipts() []receipt {

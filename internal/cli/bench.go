@@ -33,18 +33,38 @@ func newBenchRelayCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "relay",
-		Short: "Measure relay drain throughput and commit-to-publish latency on PostgreSQL, against watermill's forwarder",
-		Long: `Measure the Accord relay on a PostgreSQL database with an in-process
-destination, so the figures are the relay's and the database's, not a broker's.
+		Short: "Measure relay drain throughput, commit-to-publish latency and idle CPU on PostgreSQL, against watermill's forwarder",
+		Long: `Measure the Accord relay on a PostgreSQL database. By default the destination
+is in process (--destination inprocess), so the figures are the relay's and the
+database's, not a broker's.
 
-  1. Drain: write --events events into a fresh outbox, start one relay and time
-     it until every event was published and the table is empty.
+  1. Drain: write --events events into a fresh outbox, start --relays relays
+     and time them until the destination received every event and the relays
+     together deleted every row (the table is then checked to be empty).
   2. Forwarder: the same backlog through watermill's components/forwarder over
-     watermill-sql v4 in its default configuration (skip with --no-forwarder).
-  3. Latency: one relay on an empty outbox while --rate events per second are
-     committed for --duration, one event per transaction; p50/p99 of the time
-     from just before COMMIT to arrival at the destination (--duration 0 skips
-     it).
+     watermill-sql v4 in its default configuration, publishing to the same
+     destination (skip with --no-forwarder; its figures are then 0).
+  3. Latency: --relays relays on an empty outbox while --rate events per second
+     are committed for --duration, one event per transaction; p50/p99 of the
+     time from just before COMMIT to arrival at the destination (--duration 0
+     skips it).
+  4. Idle: --relays relays on an empty outbox with nothing written, for
+     --idle-duration once they settled; the CPU time (user + system) of the
+     whole benchmark process over that window, in percent of one core
+     (relay_cpu_idle_percent; --idle-duration 0 skips it).
+
+--destination takes a broker URL instead of inprocess: nats://127.0.0.1:4222,
+amqp://guest:guest@127.0.0.1:5672/, redis://127.0.0.1:6379 (any URL of
+` + "`accord relay --broker`" + ` that can be subscribed to). The relays and the forwarder
+then publish to that broker, each relay over its own connection, and the
+benchmark subscribes to each phase's topic there (named after the run's schema
+and the phase, subscribed before anything is published) and records what
+arrives. The topics are removed from the broker when their phase ends.
+--publish-latency applies to the in-process destination only.
+
+--relays N runs N relay instances in this process, each with its own connection
+pool and the same settings, on one outbox: they share its work only when the
+relay coordinates instances, and publish rows twice (duplicates) otherwise.
 
 Every phase checks for lost events, duplicates and per-key order violations.
 The run creates a schema with a random name (accord_bench_...) and drops it at
@@ -64,8 +84,16 @@ figures.
 				return usageErrorf("--publish-latency %s: must not be negative", opts.PublishLatency)
 			case opts.LatencyDuration < 0:
 				return usageErrorf("--duration %s: must not be negative (0 skips the latency phase)", opts.LatencyDuration)
-			case opts.LatencyDuration == 0:
+			case opts.IdleDuration < 0:
+				return usageErrorf("--idle-duration %s: must not be negative (0 skips the idle phase)", opts.IdleDuration)
+			case opts.Relays < 1 || opts.Relays > bench.RelaysMax:
+				return usageErrorf("--relays %d: must be between 1 and %d", opts.Relays, bench.RelaysMax)
+			}
+			if opts.LatencyDuration == 0 {
 				opts.LatencyDuration = -1 // bench.Options: negative skips the phase
+			}
+			if opts.IdleDuration == 0 {
+				opts.IdleDuration = -1
 			}
 			opts.Progress = cmd.ErrOrStderr()
 			if cpuProfile != "" {
@@ -103,8 +131,11 @@ figures.
 	f.IntVar(&opts.Events, "events", bench.EventsDefault, "backlog size drained by each relay")
 	f.IntVar(&opts.Rate, "rate", bench.RateDefault, "events per second written during the latency phase")
 	f.DurationVar(&opts.LatencyDuration, "duration", bench.LatencyDurationDefault, "length of the latency phase (0 skips it)")
+	f.DurationVar(&opts.IdleDuration, "idle-duration", bench.IdleDurationDefault, "length of the idle phase, which measures the CPU use of relays with nothing to do (0 skips it)")
 	f.BoolVar(&opts.NoForwarder, "no-forwarder", false, "skip the watermill forwarder phase")
-	f.DurationVar(&opts.PublishLatency, "publish-latency", 0, "sleep this long in every publish call of the in-process destination (a broker round trip), for Accord and the forwarder alike")
+	f.StringVar(&opts.Destination, "destination", bench.DestinationInProcess, "where the relays and the forwarder publish: "+bench.DestinationInProcess+", or a broker URL (nats://, amqp://, redis://) the benchmark subscribes to")
+	f.IntVar(&opts.Relays, "relays", bench.RelaysDefault, "relay instances run together in the drain, latency and idle phases (1 to "+strconv.Itoa(bench.RelaysMax)+")")
+	f.DurationVar(&opts.PublishLatency, "publish-latency", 0, "sleep this long in every publish call of the in-process destination (a broker round trip), for Accord and the forwarder alike; in-process destination only")
 	f.IntVar(&opts.Lanes, "lanes", 0, "Accord relay lanes (0: the relay default, "+strconv.Itoa(relay.LanesDefault)+")")
 	f.IntVar(&opts.BatchSize, "batch-size", 0, "Accord relay batch size (0: the relay default, "+strconv.Itoa(relay.BatchSizeDefault)+")")
 	f.BoolVar(&asJSON, "json", false, "also print the result as one JSON object on the last line")

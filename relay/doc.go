@@ -31,6 +31,9 @@
 //     and a caught-up relay (and any relay at least every SweepInterval)
 //     reads the whole table again, so a late commit is always found.
 //     No open transaction anywhere in the cluster holds delivery back.
+//     Forward reads start at the lowest number not seen yet (a hole), not
+//     after the largest one, so a late row still goes out before its key's
+//     later rows.
 //   - Order per partition key. Rows of one key always go through the same
 //     lane, which publishes them one call at a time in the order the relay
 //     observed their commits (and, within one read, in sequence order). When
@@ -46,6 +49,20 @@
 //     retried the same way and re-read on each attempt, so a repaired row
 //     goes out. The relay never exits on such errors.
 //   - Bounded table. Published rows are deleted; nothing accumulates.
+//
+// # Several relays: leases and fencing
+//
+// Relays on one outbox (processes, hosts) share its rows through [Slots]
+// lease slots (slot = shard % Slots) in the table <prefix>relay_lease: each
+// takes its share, renews it every second or so and publishes only rows of
+// slots it holds. A slot moves to another instance only after its rows in
+// flight were published and deleted, so joining, leaving gracefully and
+// rebalancing cause no duplicates. An instance that died loses its slots
+// after LeaseTTL. An instance paused past its lease is fenced: it starts no
+// publish call after its local deadline, and its deletes check the lease in
+// SQL; its rows go to the new owner (at-least-once). Each message carries
+// the fencing token outbox.MetadataLease ("slot:epoch"). DisableLeases turns
+// this off for a deployment that guarantees a single relay.
 //
 // # Lifecycle
 //

@@ -10,7 +10,7 @@ import (
 // sequence number below rows it has read that it never saw) before it gives
 // the hole up as a rolled-back transaction. A hole only costs re-reads of
 // the rows in flight above it; it never holds delivery back.
-const holeTimeout = 5 * time.Second
+const holeTimeout = time.Minute
 
 // forward tracks how far the reader may read forward from where it is.
 //
@@ -24,9 +24,11 @@ const holeTimeout = 5 * time.Second
 // hole fills or holeTimeout passes. Without holes, a forward read starts
 // right after the largest number seen.
 //
-// The floor is only kept while the relay reads every slot: a read of some
-// slots cannot tell another instance's rows from holes, so then every read
-// is a sweep from the start of the table.
+// Reads return the rows of parked keys as thin rows (numbers only), so that
+// they are not taken for holes. The floor is only kept while the relay
+// holds every lease slot: a number missing from a read of some slots may be
+// a row another instance deleted as well as a hole, so then every read is a
+// sweep from the start of the table.
 type forward struct {
 	floor   int64 // every row below floor was read or given up; 0: not known yet
 	maxSeen int64

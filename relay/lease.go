@@ -329,7 +329,9 @@ func (l *leaser) cycle(ctx context.Context) (time.Duration, error) {
 	if r.obs != nil {
 		r.obs.Leases(ctx, held, len(live))
 	}
-	next := l.margin
+	// Renewals need one cycle per margin; rebalancing (an instance joined
+	// or left) is noticed within a second.
+	next := min(l.margin, time.Second)
 	if pendingRelease > 0 || (need > 0 && othersOver) {
 		next = min(next, 100*time.Millisecond)
 	}

@@ -419,12 +419,15 @@ func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
 				opts.Slots = nil // every slot: no filter
 			}
 		}
+
 		if opts.Slots != nil {
-			// Only some slots: the gaps in what a read returns are other
-			// instances' rows as much as holes, so every read is a sweep.
+			// Only some slots: a number missing from a read may be a row
+			// another instance deleted as well as a hole, so the floor
+			// cannot be kept and every read is a sweep from the start of
+			// the table (order per key needs it; the cost is reading this
+			// instance's rows in flight again).
 			fw.reset()
 		}
-
 		// Never read more new rows than MaxInFlight leaves room for.
 		room := min(r.cfg.BatchSize, r.cfg.MaxInFlight-nInflight)
 		sweep := caughtUp || !fw.ready() || time.Since(lastSweep) >= r.cfg.SweepInterval
@@ -444,6 +447,9 @@ func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
 		hasParked, err := r.names.HasParked(ctx, r.db)
 		if err == nil {
 			opts.Unparked = hasParked
+			// Parked keys' rows come back thin (numbers only), so that the
+			// floor does not take them for holes.
+			opts.Thin = opts.Slots == nil
 			rows, err = r.names.Read(ctx, r.db, after, limit, opts)
 		}
 		if err == nil && r.obs != nil {
@@ -469,10 +475,26 @@ func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
 
 		perLane := make([][]item, len(lanes))
 		r.mu.Lock()
-		if opts.Slots == nil {
-			fw.observe(rows, time.Now())
+		// Take at most room new rows (MaxInFlight is a hard bound): the
+		// rest of the read is left for the next one, and not observed.
+		taken := 0
+		for i, row := range rows {
+			if row.Thin {
+				continue
+			}
+			if _, busy := r.inflight[row.Seq]; !busy {
+				if taken++; taken > room {
+					rows = rows[:i]
+					caughtUp = false
+					break
+				}
+			}
 		}
+		fw.observe(rows, time.Now())
 		for _, row := range rows {
+			if row.Thin {
+				continue // another instance's, or a parked key's
+			}
 			if _, busy := r.inflight[row.Seq]; busy {
 				continue
 			}
@@ -590,6 +612,22 @@ func (r *Relay) runLane(ctx context.Context, lane int, in chan []item, acks chan
 	// held back (left in the outbox); later reads exclude them in SQL.
 	parked := map[string]int64{}
 	for items := range in {
+		// Take whatever else is queued for this lane: under a slow broker,
+		// one call carries it all instead of one call per read.
+		closed := false
+	merge:
+		for len(items) < maxLaneCall {
+			select {
+			case more, ok := <-in:
+				if !ok {
+					closed = true
+					break merge
+				}
+				items = append(items, more...)
+			default:
+				break merge
+			}
+		}
 		if len(parked) > 0 {
 			items = r.dropParked(items, parked)
 		}
@@ -599,6 +637,7 @@ func (r *Relay) runLane(ctx context.Context, lane int, in chan []item, acks chan
 				end++
 			}
 			group := r.fence(items[start:end])
+			rest := items[end:]
 			start = end
 			if len(group) == 0 {
 				continue
@@ -606,14 +645,22 @@ func (r *Relay) runLane(ctx context.Context, lane int, in chan []item, acks chan
 			if !r.deliver(ctx, lane, group, parked, acks) {
 				// Hard stop: leave the rest of the lane for the next run.
 				r.release(seqsOf(group))
+				r.release(seqsOf(rest))
 				for rest := range in {
 					r.release(seqsOf(rest))
 				}
 				return
 			}
 		}
+		if closed {
+			return
+		}
 	}
 }
+
+// maxLaneCall bounds the rows a lane gathers for one publish call from
+// the batches queued for it.
+const maxLaneCall = BatchSizeMax
 
 // dropParked releases, without publishing, the items of keys parked after
 // the items were read.

@@ -41,6 +41,11 @@ type phaseOutcome struct {
 	// relaysElapsed is the time until the relays deleted every row (Accord
 	// drain only).
 	relaysElapsed time.Duration
+	// balancedAfter is when the relays first held their shares of the
+	// lease slots, and afterBalance the rows deleted from then on (Accord
+	// drain only).
+	balancedAfter time.Duration
+	afterBalance  int64
 	check         check
 }
 
@@ -129,10 +134,16 @@ func (r *runner) accordDrain(ctx context.Context, prefix string, n int) (out pha
 	relaysDone := make(chan time.Time, 1)
 	quit := make(chan struct{})
 	defer close(quit)
+	var balancedAt time.Time
+	var deletedAtBalance int64
 	go func() {
 		tick := time.NewTicker(time.Millisecond)
 		defer tick.Stop()
 		for rs.deleted() < out.backlog {
+			if balancedAt.IsZero() && rs.balanced() {
+				deletedAtBalance = rs.deleted()
+				balancedAt = time.Now()
+			}
 			select {
 			case <-tick.C:
 			case <-quit:
@@ -165,6 +176,11 @@ func (r *runner) accordDrain(ctx context.Context, prefix string, n int) (out pha
 		end = received
 	}
 	out.relaysElapsed = deleted.Sub(start)
+	if balancedAt.IsZero() {
+		balancedAt = start
+	}
+	out.balancedAfter = balancedAt.Sub(start)
+	out.afterBalance = out.backlog - deletedAtBalance
 	if r.timerStop != nil {
 		r.timerStop()
 	}

@@ -213,6 +213,10 @@ type Result struct {
 	// waits for every event to arrive: with a broker destination, at the
 	// benchmark's own subscriber, which can be the slower side.
 	DrainRelaySeconds float64 `json:"drain_relay_seconds"`
+	// DrainBalancedAfterSeconds is when the relays first held their shares
+	// of the lease slots. With several relays, DrainEventsPerSec counts the
+	// events drained from then on, over the time from then on.
+	DrainBalancedAfterSeconds float64 `json:"drain_balanced_after_seconds"`
 
 	// Forwarder figures are 0 when the forwarder phase was skipped.
 	ForwarderSeedSeconds  float64 `json:"forwarder_seed_seconds"`
@@ -336,6 +340,12 @@ func RunRelay(ctx context.Context, opts Options) (*Result, error) {
 	res.SeedSeconds = d.seed.Seconds()
 	res.DrainSeconds = d.elapsed.Seconds()
 	res.DrainEventsPerSec = float64(d.backlog) / d.elapsed.Seconds()
+	res.DrainBalancedAfterSeconds = d.balancedAfter.Seconds()
+	if opts.Relays > 1 && d.elapsed > d.balancedAfter {
+		// Several relays share the slots only once the later ones took
+		// theirs (a second or two): the rate is measured from then on.
+		res.DrainEventsPerSec = float64(d.afterBalance) / (d.elapsed - d.balancedAfter).Seconds()
+	}
 	res.DrainRelaySeconds = d.relaysElapsed.Seconds()
 	res.Lost, res.Duplicates, res.OrderViolations, res.Unexpected = d.check.Lost, d.check.Duplicates, d.check.OrderViolations, d.check.Unexpected
 

@@ -90,6 +90,18 @@ func (rs *relaySet) waitRunning(ctx context.Context) error {
 	return nil
 }
 
+// balanced reports whether the relays hold every lease slot between them,
+// each its share (within one slot).
+func (rs *relaySet) balanced() bool {
+	total, lo, hi := 0, relay.Slots, 0
+	for _, rl := range rs.relays {
+		n := rl.Leases()
+		total += n
+		lo, hi = min(lo, n), max(hi, n)
+	}
+	return total == relay.Slots && hi-lo <= 1
+}
+
 // deleted returns the rows deleted by all relays together.
 func (rs *relaySet) deleted() int64 {
 	var n int64

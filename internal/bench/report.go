@@ -22,6 +22,9 @@ func (res *Result) WriteTable(w io.Writer) error {
 	}
 	row("Accord drain", "%s events/s (%d events in %.3f s)", thousands(res.DrainEventsPerSec), res.Backlog, res.DrainSeconds)
 	if res.Destination != DestinationInProcess {
+		if res.Relays > 1 {
+			row("  relays held their lease shares after", "%.3f s (the drain rate counts from then)", res.DrainBalancedAfterSeconds)
+		}
 		row("  relays deleted every row after", "%.3f s (drain ends when that is done and every event was received)", res.DrainRelaySeconds)
 	}
 	if res.ForwarderEventsPerSec > 0 {

@@ -242,16 +242,45 @@ type ReadOpts struct {
 	// Unparked leaves out the rows of keys held back by a parked dead
 	// letter.
 	Unparked bool
+	// Thin returns the rows Slots and Unparked leave out too, as thin rows
+	// (Row.Thin: sequence number and shard only), so that the caller sees
+	// every number the table shows. limit counts them.
+	Thin bool
 }
 
 // Read returns up to limit rows with seq > after, in seq order, narrowed by
 // o.
 func (n Names) Read(ctx context.Context, q Querier, after int64, limit int, o ReadOpts) ([]Row, error) {
 	ph := Placeholders(n.Dialect)
-	where := "o WHERE o.seq > " + ph(1) + slotFilter("o", o.Slots)
-	if o.Unparked {
-		where += " AND NOT EXISTS (SELECT 1 FROM " + n.Dead() + " d WHERE d.parked = " + n.trueLiteral() +
-			" AND d.partition_key = o.partition_key)"
+	var cond []string
+	if o.Slots != nil {
+		cond = append(cond, strings.TrimPrefix(slotFilter("o", o.Slots), " AND "))
 	}
-	return n.scan(q.QueryContext(ctx, n.selectSQLAliased(where+" ORDER BY o.seq LIMIT "+ph(2)), after, limit))
+	if o.Unparked {
+		cond = append(cond, "NOT EXISTS (SELECT 1 FROM "+n.Dead()+" d WHERE d.parked = "+n.trueLiteral()+
+			" AND d.partition_key = o.partition_key)")
+	}
+	tail := " ORDER BY o.seq LIMIT " + ph(2)
+	if len(cond) == 0 {
+		return n.scan(q.QueryContext(ctx, n.selectSQLAliased("o WHERE o.seq > "+ph(1)+tail), after, limit))
+	}
+	mine := strings.Join(cond, " AND ")
+	if !o.Thin {
+		return n.scan(q.QueryContext(ctx, n.selectSQLAliased("o WHERE o.seq > "+ph(1)+" AND "+mine+tail), after, limit))
+	}
+	// Thin rows: an empty topic (a real row's topic is never empty).
+	thin := func(col, empty string) string {
+		return "CASE WHEN " + mine + " THEN " + col + " ELSE " + empty + " END"
+	}
+	id, md, payload := "o.id", "o.metadata", "''"
+	if n.Dialect == accord.Postgres {
+		id, md, payload = "o.id::text", "o.metadata::text", "'\\x'::bytea"
+	}
+	cols := "o.seq, " + thin(id, "''") + ", " + thin("o.topic", "''") + ", " + thin("o.partition_key", "''") + ", o.shard, " +
+		thin("o.aggregate_version", "NULL") + ", " + thin("o.payload", payload) + ", " + thin(md, "'{}'") + ", o.created_at, o.attempts"
+	rows, err := n.scan(q.QueryContext(ctx, "SELECT "+cols+" FROM "+n.Outbox()+" o WHERE o.seq > "+ph(1)+tail, after, limit))
+	for i := range rows {
+		rows[i].Thin = rows[i].Topic == ""
+	}
+	return rows, err
 }

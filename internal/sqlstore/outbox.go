@@ -38,6 +38,9 @@ type Row struct {
 	Metadata  []byte
 	CreatedAt time.Time
 	Attempts  int
+	// Thin marks a row a ReadOpts.Thin read returned only as a number (not
+	// the caller's to publish).
+	Thin bool
 }
 
 // Execer is what database/sql's *sql.DB, *sql.Tx and *sql.Conn share.

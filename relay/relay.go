@@ -22,8 +22,9 @@ import (
 )
 
 var (
-	// ErrNotMigrated is returned by Run when the outbox table does not exist.
-	ErrNotMigrated = errors.New("accord relay: outbox table does not exist")
+	// ErrNotMigrated is returned by Run when a table it needs (the outbox,
+	// or the lease tables unless DisableLeases is set) does not exist.
+	ErrNotMigrated = errors.New("accord relay: table does not exist (outbox not migrated)")
 	// ErrAlreadyRunning is returned by Run when the relay is already running
 	// or has run: a Relay runs once.
 	ErrAlreadyRunning = errors.New("accord relay: Run called more than once")
@@ -240,7 +241,7 @@ type item struct {
 // Run reads and publishes until ctx is cancelled or Close is called, then
 // keeps publishing the rows it already read for at most ShutdownTimeout,
 // deletes what was published and returns nil. It returns an error at once if
-// the outbox table does not exist (ErrNotMigrated) or Run was called before.
+// a table it needs does not exist (ErrNotMigrated) or Run was called before.
 func (r *Relay) Run(ctx context.Context) error {
 	ctx, finish, ok, err := r.life.Start(ctx, ErrAlreadyRunning)
 	if !ok {

@@ -343,6 +343,7 @@ func TestConfigValidation(t *testing.T) {
 		"small inflight":  {Dialect: accord.Postgres, BatchSize: 100, MaxInFlight: 10},
 		"negative poll":   {Dialect: accord.Postgres, PollInterval: -time.Second},
 		"backoff min>max": {Dialect: accord.Postgres, RetryBackoffMin: time.Minute, RetryBackoffMax: time.Second},
+		"short lease":     {Dialect: accord.Postgres, LeaseTTL: 100 * time.Millisecond},
 	} {
 		_, err := relay.New(db, newMemSink(), cfg)
 		require.ErrorIs(t, err, relay.ErrInvalidConfig, name)

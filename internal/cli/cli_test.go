@@ -387,7 +387,7 @@ func TestRelay(t *testing.T) {
 		t.Parallel()
 		res := runCLI(t, nil, "relay", "--database-url", sqliteURL(t), "--http-addr", "127.0.0.1:0")
 		requireCode(t, exitFailure, res)
-		require.Contains(t, res.stderr, "outbox table does not exist")
+		require.Contains(t, res.stderr, "table does not exist (outbox not migrated)")
 		require.Contains(t, res.stderr, "accord migrate up")
 		require.NotContains(t, res.stderr, "for usage")
 	})
@@ -396,7 +396,7 @@ func TestRelay(t *testing.T) {
 		t.Parallel()
 		res := runCLI(t, nil, "relay", "--database-url", dbtest.PostgresURL(), "--schema", dbtest.RandomName("t_"), "--http-addr", "off")
 		requireCode(t, exitFailure, res)
-		require.Contains(t, res.stderr, "outbox table does not exist")
+		require.Contains(t, res.stderr, "table does not exist (outbox not migrated)")
 	})
 
 	// An event written in a transaction comes out of `accord relay --broker
@@ -532,7 +532,10 @@ func TestRelayHTTP(t *testing.T) {
 	eventually(t, "the published event in /metrics", func() bool {
 		code, metrics = httpGet(t, base+"/metrics")
 		require.Equal(t, http.StatusOK, code, metrics)
-		return strings.Contains(metrics, "\naccord_relay_deleted_rows_total 1\n")
+		// The in-flight gauge is read at scrape time, the counter when the
+		// delete is observed: wait for both.
+		return strings.Contains(metrics, "\naccord_relay_deleted_rows_total 1\n") &&
+			strings.Contains(metrics, "\naccord_relay_in_flight_rows 0\n")
 	})
 	for _, want := range []string{
 		"\naccord_relay_published_messages_total{topic=\"orders.placed\"} 1\n",

@@ -48,6 +48,9 @@ type relayFlags struct {
 	deadLetterAfter  int
 	deadLetterPolicy string
 	httpAddr         string
+	leaseTTL         time.Duration
+	instanceID       string
+	disableLeases    bool
 }
 
 func (a *app) newRelayCmd() *cobra.Command {
@@ -102,8 +105,20 @@ HTTP (--http-addr, "off" disables it):
   /readyz                    200 when the relay is running and the database
                              answers a ping within 1s, else 503 and the reason
 
+Several relays (--lease-ttl, --instance-id, --disable-leases):
+  Several 'accord relay' processes on the same outbox (same database, --schema
+  and --table-prefix) share its rows through 64 leases in the table
+  <prefix>relay_lease: each process publishes the rows of the leases it holds,
+  in order per partition key, and the leases are rebalanced when a process
+  joins or stops (without duplicates after a graceful stop). When a process
+  dies, the others take over its rows after at most --lease-ttl. A process
+  logs its instance id (--instance-id and a random suffix) at startup.
+  --disable-leases publishes every row without the lease tables: only for a
+  deployment that guarantees a single relay on the outbox, since two relays
+  without leases publish each row twice and break order per key.
+
 Exit codes: 0 after a graceful stop; 1 when the relay fails, for example
-because the outbox table does not exist (run 'accord migrate up' with the same
+because Accord's tables do not exist (run 'accord migrate up' with the same
 --schema and --table-prefix) or --http-addr is in use; 2 for invalid flags or
 configuration.
 
@@ -134,6 +149,13 @@ configuration.
 	bindEnv(cmd, "dead-letter-policy", "ACCORD_DEAD_LETTER_POLICY")
 	fs.StringVar(&f.httpAddr, "http-addr", httpAddrDefault, `host:port of the HTTP server for /metrics, /healthz and /readyz; "off" disables it`)
 	bindEnv(cmd, "http-addr", "ACCORD_HTTP_ADDR")
+	fs.DurationVar(&f.leaseTTL, "lease-ttl", relay.LeaseTTLDefault, fmt.Sprintf("how long this relay's leases last without renewal; other relays take over a dead relay's rows after at most this long (at least %s)",
+		relay.LeaseTTLMin))
+	bindEnv(cmd, "lease-ttl", "ACCORD_LEASE_TTL")
+	fs.StringVar(&f.instanceID, "instance-id", "", `name of this relay in the lease tables and logs, followed by a random suffix; empty means "<host name>-<process id>"`)
+	bindEnv(cmd, "instance-id", "ACCORD_INSTANCE_ID")
+	fs.BoolVar(&f.disableLeases, "disable-leases", false, "publish every row without leases (no lease tables needed); only when the deployment guarantees a single relay on the outbox")
+	bindEnv(cmd, "disable-leases", "ACCORD_DISABLE_LEASES")
 	f.log.register(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		return a.runRelay(cmd.Context(), &f)
@@ -151,9 +173,9 @@ func (a *app) runRelay(ctx context.Context, f *relayFlags) error {
 	}
 	// Zero-valued or negative settings would silently mean "default" in
 	// relay.Config; on the command line they are mistakes.
-	if f.lanes < 1 || f.batchSize < 1 || f.pollInterval < 0 || f.shutdownTimeout <= 0 {
-		return usageErrorf("--lanes and --batch-size must be at least 1, --poll-interval at least 0 and --shutdown-timeout positive (got %d, %d, %s, %s)",
-			f.lanes, f.batchSize, f.pollInterval, f.shutdownTimeout)
+	if f.lanes < 1 || f.batchSize < 1 || f.pollInterval < 0 || f.shutdownTimeout <= 0 || f.leaseTTL <= 0 {
+		return usageErrorf("--lanes and --batch-size must be at least 1, --poll-interval at least 0 and --shutdown-timeout and --lease-ttl positive (got %d, %d, %s, %s, %s)",
+			f.lanes, f.batchSize, f.pollInterval, f.shutdownTimeout, f.leaseTTL)
 	}
 	httpOn := f.httpAddr != "" && f.httpAddr != httpAddrOff
 	if httpOn {
@@ -215,6 +237,9 @@ func (a *app) runRelay(ctx context.Context, f *relayFlags) error {
 		ShutdownTimeout:  f.shutdownTimeout,
 		DeadLetterAfter:  f.deadLetterAfter,
 		DeadLetterPolicy: policy,
+		LeaseTTL:         f.leaseTTL,
+		InstanceID:       f.instanceID,
+		DisableLeases:    f.disableLeases,
 		Logger:           logger,
 		Observer:         obs,
 	})
@@ -235,7 +260,8 @@ func (a *app) runRelay(ctx context.Context, f *relayFlags) error {
 		defer srv.stop() // after a failure; the normal path stops it below
 	}
 	logger.InfoContext(ctx, "accord relay starting", "database", broker.RedactURL(f.db.url), "dialect", dialect,
-		"schema", f.db.schema, "table_prefix", f.db.tablePrefix, "broker", b.Name)
+		"schema", f.db.schema, "table_prefix", f.db.tablePrefix, "broker", b.Name, "instance_id", r.InstanceID(),
+		"leases", !f.disableLeases, "lease_ttl", f.leaseTTL)
 	runErr := r.Run(ctx)
 	if runErr != nil && ctx.Err() != nil && errors.Is(runErr, ctx.Err()) {
 		// Stopped while still waiting for the database: a graceful stop.

@@ -1,0 +1,139 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/accordgo/accord/internal/dbtest"
+)
+
+// An invalid --lease-ttl (or ACCORD_LEASE_TTL) is a usage error (exit code
+// 2), whether the relay rejects it (below relay.LeaseTTLMin) or the command
+// does (zero or negative).
+func TestRelayLeaseFlagsUsageErrors(t *testing.T) {
+	t.Parallel()
+	migrated := dbtest.SQLite(t).URL
+	for _, tt := range []struct {
+		name string
+		env  map[string]string
+		args []string
+		want string
+	}{
+		{"LeaseTTLTooShort", nil, []string{"relay", "--database-url", migrated, "--lease-ttl", "100ms"},
+			"accord relay: invalid config: LeaseTTL 100ms: must be at least 500ms"},
+		{"LeaseTTLTooShortFromEnv", map[string]string{"ACCORD_LEASE_TTL": "100ms"}, []string{"relay", "--database-url", migrated},
+			"LeaseTTL 100ms: must be at least 500ms"},
+		{"LeaseTTLZero", nil, []string{"relay", "--database-url", migrated, "--lease-ttl", "0"}, "--lease-ttl positive"},
+		{"LeaseTTLNotADuration", nil, []string{"relay", "--database-url", migrated, "--lease-ttl", "10"}, `invalid argument "10" for "--lease-ttl"`},
+		{"DisableLeasesNotABoolFromEnv", map[string]string{"ACCORD_DISABLE_LEASES": "maybe"}, []string{"relay", "--database-url", migrated},
+			`ACCORD_DISABLE_LEASES="maybe" (for --disable-leases)`},
+		{"InstanceIDTooLong", map[string]string{"ACCORD_INSTANCE_ID": strings.Repeat("x", 201)}, []string{"relay", "--database-url", migrated},
+			"InstanceID: 201 bytes, at most 200"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			res := runCLI(t, tt.env, tt.args...)
+			requireCode(t, exitUsage, res)
+			require.Contains(t, res.stderr, tt.want)
+			require.Contains(t, res.stderr, "--help' for usage.")
+		})
+	}
+}
+
+// The lease flags appear in the help with their environment variables.
+func TestRelayLeaseFlagsHelp(t *testing.T) {
+	t.Parallel()
+	res := runCLI(t, nil, "relay", "--help")
+	requireCode(t, exitOK, res)
+	for _, want := range []string{
+		"--lease-ttl duration", "[$ACCORD_LEASE_TTL]",
+		"--instance-id string", "[$ACCORD_INSTANCE_ID]",
+		"--disable-leases", "[$ACCORD_DISABLE_LEASES]",
+		"share its rows through 64 leases",
+		"only for a\n  deployment that guarantees a single relay",
+	} {
+		require.Contains(t, res.stdout, want)
+	}
+}
+
+// runRelayUntilStarted runs `accord relay` with args and env until the
+// relay logged that it started, then stops it and returns its JSON log
+// lines on stderr.
+func runRelayUntilStarted(t *testing.T, env map[string]string, args ...string) []map[string]any {
+	t.Helper()
+	runCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stdout, stderr := newSyncBuffer(), newSyncBuffer()
+	done := make(chan int, 1)
+	args = append([]string{"relay", "--log-format", "json", "--http-addr", "off"}, args...)
+	go func() { done <- testApp(stdout, stderr, env).run(runCtx, args) }()
+	stderr.waitFor(t, `"msg":"relay started"`, stdout)
+	cancel()
+	select {
+	case code := <-done:
+		require.Equal(t, exitOK, code, "stderr:\n%s", stderr.String())
+	case <-time.After(testTimeout):
+		require.FailNow(t, "relay did not stop after its context was cancelled", "stderr:\n%s", stderr.String())
+	}
+	var lines []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
+		var m map[string]any
+		require.NoError(t, json.Unmarshal([]byte(l), &m), "log line %q", l)
+		lines = append(lines, m)
+	}
+	return lines
+}
+
+func logLine(t *testing.T, lines []map[string]any, msg string) map[string]any {
+	t.Helper()
+	for _, l := range lines {
+		if l["msg"] == msg {
+			return l
+		}
+	}
+	require.FailNow(t, "no log line "+msg, "%v", lines)
+	return nil
+}
+
+// --instance-id (here from the environment) and --lease-ttl reach the
+// relay: the start line names the instance (the id and a random suffix).
+// With --disable-leases the relay runs on an outbox without the lease
+// tables, and the start line has no instance id.
+func TestRelayLeaseFlags(t *testing.T) {
+	t.Parallel()
+
+	t.Run("InstanceID", func(t *testing.T) {
+		t.Parallel()
+		lines := runRelayUntilStarted(t, map[string]string{"ACCORD_INSTANCE_ID": "billing-relay-1"},
+			"--database-url", dbtest.SQLite(t).URL, "--lease-ttl", "2s")
+		start := logLine(t, lines, "accord relay starting")
+		require.Regexp(t, `^billing-relay-1-[0-9a-f]{8}$`, start["instance_id"])
+		require.Equal(t, true, start["leases"])
+		require.Equal(t, float64(2*time.Second), start["lease_ttl"]) // slog writes durations as nanoseconds
+		require.Equal(t, start["instance_id"], logLine(t, lines, "relay started")["instance"])
+	})
+
+	t.Run("DisableLeases", func(t *testing.T) {
+		t.Parallel()
+		env := dbtest.SQLite(t)
+		for _, table := range []string{"accord_relay_lease", "accord_relay_instance"} {
+			_, err := env.DB.Exec("DROP TABLE " + table)
+			require.NoError(t, err)
+		}
+		lines := runRelayUntilStarted(t, map[string]string{"ACCORD_DISABLE_LEASES": "true"}, "--database-url", env.URL)
+		start := logLine(t, lines, "accord relay starting")
+		require.Equal(t, "", start["instance_id"])
+		require.Equal(t, false, start["leases"])
+
+		// Without --disable-leases the same outbox is not migrated.
+		res := runCLI(t, nil, "relay", "--database-url", env.URL, "--http-addr", "off")
+		requireCode(t, exitFailure, res)
+		require.Contains(t, res.stderr, "table does not exist (outbox not migrated)")
+		require.Contains(t, res.stderr, "relay_lease")
+	})
+}

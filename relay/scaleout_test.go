@@ -29,15 +29,7 @@ const scaleLeaseTTL = 2 * time.Second
 // order, and every duplicate is an event the killed process had published.
 func TestScaleOutKillOneOfThree(t *testing.T) {
 	t.Parallel()
-	env := dbtest.PostgresSchema(t)
-	ob := newOutbox(t, env)
-	keys := crashKeys(60)
-	spec := relayChildSpec{
-		Schema: env.Schema, Sink: filepath.Join(t.TempDir(), "sink.log"),
-		BatchSize: 200, Lanes: 8, MaxInFlight: 800, ShutdownTimeout: 10 * time.Second,
-		PerMessageDelay: 100 * time.Microsecond, LeaseTTL: scaleLeaseTTL,
-	}
-	w := startKeyedWriters(t, env, ob, keys, 6)
+	env, spec, w := startScaleOut(t)
 	children := map[string]*testproc.Child{}
 	for _, name := range []string{"A", "B", "C"} {
 		s := spec
@@ -100,15 +92,7 @@ func TestScaleOutKillOneOfThree(t *testing.T) {
 // is lost and each key's events first arrive in order.
 func TestScaleOutPausedRelayIsFenced(t *testing.T) {
 	t.Parallel()
-	env := dbtest.PostgresSchema(t)
-	ob := newOutbox(t, env)
-	keys := crashKeys(60)
-	spec := relayChildSpec{
-		Schema: env.Schema, Sink: filepath.Join(t.TempDir(), "sink.log"),
-		BatchSize: 200, Lanes: 8, MaxInFlight: 800, ShutdownTimeout: 10 * time.Second,
-		PerMessageDelay: 100 * time.Microsecond, LeaseTTL: scaleLeaseTTL,
-	}
-	w := startKeyedWriters(t, env, ob, keys, 6)
+	env, spec, w := startScaleOut(t)
 	a, b := spec, spec
 	a.InstanceID, b.InstanceID = "A", "B"
 	childA, childB := startRelayChild(t, a), startRelayChild(t, b)
@@ -159,6 +143,19 @@ func TestScaleOutPausedRelayIsFenced(t *testing.T) {
 	t.Logf("%d events, %d duplicates, %d publishes of A that began before the freeze and landed after B took over", len(sent), dups, late)
 	require.LessOrEqual(t, dups, spec.MaxInFlight)
 	require.Zero(t, pending(t, env))
+}
+
+// startScaleOut creates an outbox, starts paced writers on it and returns
+// the relay process spec the scale-out tests share (without InstanceID).
+func startScaleOut(t *testing.T) (dbtest.Env, relayChildSpec, *keyedWriters) {
+	t.Helper()
+	env := dbtest.PostgresSchema(t)
+	spec := relayChildSpec{
+		Schema: env.Schema, Sink: filepath.Join(t.TempDir(), "sink.log"),
+		BatchSize: 200, Lanes: 8, MaxInFlight: 800, ShutdownTimeout: 10 * time.Second,
+		PerMessageDelay: 100 * time.Microsecond, LeaseTTL: scaleLeaseTTL,
+	}
+	return env, spec, startKeyedWriters(t, env, newOutbox(t, env), crashKeys(60), 6)
 }
 
 // checkFencing checks the fencing tokens in the order the destination

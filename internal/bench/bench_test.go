@@ -66,10 +66,7 @@ func TestRunRelaySmall(t *testing.T) {
 
 	require.EqualValues(t, 2000, res.Backlog)
 	require.Equal(t, 400, res.LatencyEvents)
-	require.Zero(t, res.Lost, "Accord lost events")
-	require.Zero(t, res.Duplicates, "Accord duplicates")
-	require.Zero(t, res.OrderViolations, "Accord order violations")
-	require.Zero(t, res.Unexpected, "Accord unexpected messages")
+	requireDelivered(t, res)
 	require.NotNil(t, res.ForwarderLost, "forwarder phase did not run")
 	require.Zero(t, *res.ForwarderLost, "forwarder lost events")
 	require.Zero(t, *res.ForwarderDuplicates, "forwarder duplicates")
@@ -157,10 +154,7 @@ func TestRunRelayDestinations(t *testing.T) {
 			require.Equal(t, 1, res.Relays)
 			require.EqualValues(t, 1000, res.Backlog)
 			require.Equal(t, 200, res.LatencyEvents)
-			require.Zero(t, res.Lost, "lost")
-			require.Zero(t, res.Duplicates, "duplicates")
-			require.Zero(t, res.OrderViolations, "order violations")
-			require.Zero(t, res.Unexpected, "unexpected")
+			requireDelivered(t, res)
 			require.Positive(t, res.DrainEventsPerSec)
 			require.Positive(t, res.LatencyP99Ms)
 			require.Positive(t, res.DrainRelaySeconds)
@@ -266,10 +260,7 @@ func TestRunRelayTwoRelays(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 2, res.Relays)
 	require.EqualValues(t, 2000, res.Backlog)
-	require.Zero(t, res.Lost, "lost")
-	require.Zero(t, res.Duplicates, "duplicates")
-	require.Zero(t, res.OrderViolations, "order violations")
-	require.Zero(t, res.Unexpected, "unexpected")
+	requireDelivered(t, res)
 	require.Positive(t, res.IdleSeconds)
 	requireResultFields(t, res)
 }
@@ -448,4 +439,14 @@ func BenchmarkRelayDrain(b *testing.B) {
 		b.Fatalf("lost %d, duplicates %d, order violations %d, unexpected %d", c.Lost, c.Duplicates, c.OrderViolations, c.Unexpected)
 	}
 	b.ReportMetric(float64(out.backlog)/out.elapsed.Seconds(), "events/s")
+}
+
+// requireDelivered checks that the Accord relay lost, duplicated and
+// reordered nothing, and that nothing unexpected arrived.
+func requireDelivered(t *testing.T, res *Result) {
+	t.Helper()
+	require.Zero(t, res.Lost, "Accord lost events")
+	require.Zero(t, res.Duplicates, "Accord duplicates")
+	require.Zero(t, res.OrderViolations, "Accord order violations")
+	require.Zero(t, res.Unexpected, "Accord unexpected messages")
 }

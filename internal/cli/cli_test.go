@@ -153,6 +153,17 @@ func TestUsageErrors(t *testing.T) {
 		want string
 	}{
 		{"RelayWithoutDatabaseURL", nil, []string{"relay"}, "--database-url is required (or set ACCORD_DATABASE_URL)"},
+		// Lease flags: rejected by the relay (below relay.LeaseTTLMin) or the command.
+		{"LeaseTTLTooShort", nil, []string{"relay", "--database-url", migrated, "--lease-ttl", "100ms"},
+			"accord relay: invalid config: LeaseTTL 100ms: must be at least 500ms"},
+		{"LeaseTTLTooShortFromEnv", map[string]string{"ACCORD_LEASE_TTL": "100ms"}, []string{"relay", "--database-url", migrated},
+			"LeaseTTL 100ms: must be at least 500ms"},
+		{"LeaseTTLZero", nil, []string{"relay", "--database-url", migrated, "--lease-ttl", "0"}, "--lease-ttl positive"},
+		{"LeaseTTLNotADuration", nil, []string{"relay", "--database-url", migrated, "--lease-ttl", "10"}, `invalid argument "10" for "--lease-ttl"`},
+		{"DisableLeasesNotABoolFromEnv", map[string]string{"ACCORD_DISABLE_LEASES": "maybe"}, []string{"relay", "--database-url", migrated},
+			`ACCORD_DISABLE_LEASES="maybe" (for --disable-leases)`},
+		{"InstanceIDTooLong", map[string]string{"ACCORD_INSTANCE_ID": strings.Repeat("x", 201)}, []string{"relay", "--database-url", migrated},
+			"InstanceID: 201 bytes, at most 200"},
 		{"RelayUnknownDialect", nil, []string{"relay", "--database-url", "redis://x"}, `database URL scheme "redis"`},
 		{"RelayUnknownBroker", nil, []string{"relay", "--database-url", migrated, "--broker", "mqtt://k:1883"}, "supported are gochannel"},
 		{"RelayInvalidKafkaURL", nil, []string{"relay", "--database-url", migrated, "--broker", "kafka://k:9092?acks=1"}, `unknown query parameter "acks"`},

@@ -12,39 +12,6 @@ import (
 	"github.com/accordgo/accord/internal/dbtest"
 )
 
-// An invalid --lease-ttl (or ACCORD_LEASE_TTL) is a usage error (exit code
-// 2), whether the relay rejects it (below relay.LeaseTTLMin) or the command
-// does (zero or negative).
-func TestRelayLeaseFlagsUsageErrors(t *testing.T) {
-	t.Parallel()
-	migrated := dbtest.SQLite(t).URL
-	for _, tt := range []struct {
-		name string
-		env  map[string]string
-		args []string
-		want string
-	}{
-		{"LeaseTTLTooShort", nil, []string{"relay", "--database-url", migrated, "--lease-ttl", "100ms"},
-			"accord relay: invalid config: LeaseTTL 100ms: must be at least 500ms"},
-		{"LeaseTTLTooShortFromEnv", map[string]string{"ACCORD_LEASE_TTL": "100ms"}, []string{"relay", "--database-url", migrated},
-			"LeaseTTL 100ms: must be at least 500ms"},
-		{"LeaseTTLZero", nil, []string{"relay", "--database-url", migrated, "--lease-ttl", "0"}, "--lease-ttl positive"},
-		{"LeaseTTLNotADuration", nil, []string{"relay", "--database-url", migrated, "--lease-ttl", "10"}, `invalid argument "10" for "--lease-ttl"`},
-		{"DisableLeasesNotABoolFromEnv", map[string]string{"ACCORD_DISABLE_LEASES": "maybe"}, []string{"relay", "--database-url", migrated},
-			`ACCORD_DISABLE_LEASES="maybe" (for --disable-leases)`},
-		{"InstanceIDTooLong", map[string]string{"ACCORD_INSTANCE_ID": strings.Repeat("x", 201)}, []string{"relay", "--database-url", migrated},
-			"InstanceID: 201 bytes, at most 200"},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			t.Parallel()
-			res := runCLI(t, tt.env, tt.args...)
-			requireCode(t, exitUsage, res)
-			require.Contains(t, res.stderr, tt.want)
-			require.Contains(t, res.stderr, "--help' for usage.")
-		})
-	}
-}
-
 // The lease flags appear in the help with their environment variables.
 func TestRelayLeaseFlagsHelp(t *testing.T) {
 	t.Parallel()

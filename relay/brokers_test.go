@@ -131,10 +131,21 @@ type pairSubscriber struct {
 	b     *broker.Broker
 	group string
 	used  *usedNames
+
+	mu      sync.Mutex
+	cancels []context.CancelFunc
 }
 
 func (s *pairSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	s.used.add(topic, s.group)
+	// Close cancels the subscriptions first: watermill-sql's Subscriber.Close
+	// waits for its consumers, and a consumer whose query waits for the
+	// offsets row another subscriber of the group holds (while that one waits
+	// for a reader that is gone) only returns once its context ends.
+	ctx, cancel := context.WithCancel(ctx)
+	s.mu.Lock()
+	s.cancels = append(s.cancels, cancel)
+	s.mu.Unlock()
 	return s.b.Subscriber.Subscribe(ctx, topic)
 }
 
@@ -146,7 +157,14 @@ func (s *pairSubscriber) SubscribeInitialize(topic string) error {
 	return nil
 }
 
-func (s *pairSubscriber) Close() error { return s.b.Close() }
+func (s *pairSubscriber) Close() error {
+	s.mu.Lock()
+	for _, cancel := range s.cancels {
+		cancel()
+	}
+	s.mu.Unlock()
+	return s.b.Close()
+}
 
 // recordingPublisher records the topics the relay publishes to.
 type recordingPublisher struct {

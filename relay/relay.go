@@ -451,7 +451,13 @@ func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
 			// Parked keys' rows come back thin (numbers only), so that the
 			// floor does not take them for holes.
 			opts.Thin = opts.Slots == nil
-			rows, err = r.names.Read(ctx, r.db, after, limit, opts)
+			if opts.Slots != nil {
+				// Sweeps re-read this instance's rows in flight: read the
+				// numbers first, then only the rows not on their way.
+				rows, err = r.readSkipping(ctx, readNo, after, limit, opts)
+			} else {
+				rows, err = r.names.Read(ctx, r.db, after, limit, opts)
+			}
 		}
 		if err == nil && r.obs != nil {
 			r.obs.Read(ctx, len(rows), sweep, time.Since(readStart))
@@ -569,6 +575,43 @@ func (r *Relay) waitWake(ctx context.Context) {
 	case <-t.C:
 	case <-ctx.Done():
 	}
+}
+
+// readSkipping reads like Read, in two statements: the sequence numbers,
+// then the rows that are neither in flight nor deleted while this read ran
+// (the others come back as thin rows).
+func (r *Relay) readSkipping(ctx context.Context, readNo, after int64, limit int, opts sqlstore.ReadOpts) ([]sqlstore.Row, error) {
+	seqs, err := r.names.ReadSeqs(ctx, r.db, after, limit, opts)
+	if err != nil || len(seqs) == 0 {
+		return nil, err
+	}
+	var want []int64
+	r.mu.Lock()
+	for _, s := range seqs {
+		if _, busy := r.inflight[s]; busy {
+			continue
+		}
+		if at, gone := r.tombstones[s]; gone && at >= readNo {
+			continue
+		}
+		want = append(want, s)
+	}
+	r.mu.Unlock()
+	full, err := r.names.ReadSeqRows(ctx, r.db, want)
+	if err != nil {
+		return nil, err
+	}
+	rows := make([]sqlstore.Row, 0, len(seqs))
+	j := 0
+	for _, s := range seqs {
+		if j < len(full) && full[j].Seq == s {
+			rows = append(rows, full[j])
+			j++
+			continue
+		}
+		rows = append(rows, sqlstore.Row{Seq: s, Thin: true})
+	}
+	return rows, nil
 }
 
 // readDone records that read readNo handed its rows over (or had none).

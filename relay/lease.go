@@ -173,7 +173,7 @@ func (l *leaser) cycle(ctx context.Context) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, l.ttl)
 	defer cancel()
 	ttlMS := l.ttl.Milliseconds()
-	live, err := r.names.Heartbeat(ctx, r.db, r.db, l.owner, ttlMS)
+	live, err := r.names.Heartbeat(ctx, r.db, l.owner, ttlMS)
 	if err != nil {
 		return 0, fmt.Errorf("heartbeat: %w", err)
 	}

@@ -152,15 +152,6 @@ func (r *Relay) Leases() int {
 	return r.leases.heldCount()
 }
 
-// owner is the lease owner that fences the relay's writes ("" without
-// leases).
-func (r *Relay) owner() string {
-	if r.leases == nil {
-		return ""
-	}
-	return r.leases.owner
-}
-
 // readState returns the number of rows in flight per slot, the number of
 // reads started and the number of the last read whose rows are counted.
 func (r *Relay) readState() (busy [Slots]int, reads, readsDone int64) {
@@ -785,7 +776,7 @@ func (r *Relay) deadLetter(ctx context.Context, lane int, it item, parked map[st
 	park := r.cfg.DeadLetterPolicy == ParkKey
 	for attempt := 0; ; attempt++ {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		moved, err := r.names.MoveToDead(dctx, r.db, it.row.Seq, it.lastErr, park, time.Now(), r.owner())
+		moved, err := r.names.MoveToDead(dctx, r.db, it.row.Seq, it.lastErr, park, time.Now(), r.InstanceID())
 		cancel()
 		if err == nil && !moved && r.leases != nil && !r.leases.valid(it.slot, it.epoch) {
 			// Fenced: the slot's new owner has the row.
@@ -963,7 +954,7 @@ func (r *Relay) recordFailure(ctx context.Context, group []item, cause error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	for _, it := range group {
-		if err := r.names.MarkFailed(ctx, r.db, it.row.Seq, cause, r.owner()); err != nil {
+		if err := r.names.MarkFailed(ctx, r.db, it.row.Seq, cause, r.InstanceID()); err != nil {
 			r.log.Warn("relay could not record a failed attempt", "seq", it.row.Seq, "error", err)
 			return
 		}
@@ -1025,7 +1016,7 @@ func (r *Relay) deleteWithRetry(ctx context.Context, seqs []int64) {
 	for attempt := 0; ; attempt++ {
 		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 		start := time.Now()
-		n, err := r.names.DeleteFenced(dctx, r.db, seqs, r.owner())
+		n, err := r.names.DeleteFenced(dctx, r.db, seqs, r.InstanceID())
 		took := time.Since(start)
 		cancel()
 		if err == nil {

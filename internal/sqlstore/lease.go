@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"strconv"
 	"strings"
@@ -60,7 +61,7 @@ func (n Names) LeaseState(ctx context.Context, q Querier) ([]LeaseRow, int64, er
 
 // Heartbeat records that instance id is alive for ttlMS more milliseconds
 // and returns the ids of the live instances (including id), sorted.
-func (n Names) Heartbeat(ctx context.Context, db Querier, ex Execer, id string, ttlMS int64) ([]string, error) {
+func (n Names) Heartbeat(ctx context.Context, db SQLHandle, id string, ttlMS int64) ([]string, error) {
 	ph := Placeholders(n.Dialect)
 	now := n.nowMS()
 	var upsert string
@@ -72,27 +73,31 @@ func (n Names) Heartbeat(ctx context.Context, db Querier, ex Execer, id string, 
 		upsert = "INSERT INTO " + n.Instance() + " (id, started_at_ms, expires_at_ms) VALUES (" + ph(1) + ", " + now + ", " + now + " + " + ph(2) +
 			") ON CONFLICT (id) DO UPDATE SET expires_at_ms = excluded.expires_at_ms"
 	}
-	if _, err := ex.ExecContext(ctx, upsert, id, ttlMS); err != nil {
+	if _, err := db.ExecContext(ctx, upsert, id, ttlMS); err != nil {
 		return nil, err
 	}
 	// Instances gone for a minute are forgotten.
-	if _, err := ex.ExecContext(ctx, "DELETE FROM "+n.Instance()+" WHERE expires_at_ms < "+now+" - 60000"); err != nil {
+	if _, err := db.ExecContext(ctx, "DELETE FROM "+n.Instance()+" WHERE expires_at_ms < "+now+" - 60000"); err != nil {
 		return nil, err
 	}
-	rs, err := db.QueryContext(ctx, "SELECT id FROM "+n.Instance()+" WHERE expires_at_ms > "+now+" ORDER BY id")
+	return scanColumn[string](db.QueryContext(ctx, "SELECT id FROM "+n.Instance()+" WHERE expires_at_ms > "+now+" ORDER BY id"))
+}
+
+// scanColumn returns the values of a one-column result.
+func scanColumn[T any](rs *sql.Rows, err error) ([]T, error) {
 	if err != nil {
 		return nil, err
 	}
 	defer rs.Close()
-	var live []string
+	var out []T
 	for rs.Next() {
-		var s string
-		if err := rs.Scan(&s); err != nil {
+		var v T
+		if err := rs.Scan(&v); err != nil {
 			return nil, err
 		}
-		live = append(live, s)
+		out = append(out, v)
 	}
-	return live, rs.Err()
+	return out, rs.Err()
 }
 
 // RemoveInstance deletes instance id's heartbeat row.
@@ -220,12 +225,8 @@ func (n Names) DeleteFenced(ctx context.Context, ex Execer, seqs []int64, owner 
 		return total, exec("DELETE FROM "+n.Outbox()+" WHERE seq IN (SELECT value FROM json_each(?))"+fence("?"), string(js))
 	case accord.MySQL:
 		for start := 0; start < len(seqs); start += sqliteChunk {
-			chunk := seqs[start:min(start+sqliteChunk, len(seqs))]
-			args := make([]any, len(chunk))
-			for i, s := range chunk {
-				args[i] = s
-			}
-			q := "DELETE FROM " + n.Outbox() + " WHERE seq IN (?" + strings.Repeat(", ?", len(chunk)-1) + ")" + fence("?")
+			in, args := seqIn(seqs[start:min(start+sqliteChunk, len(seqs))])
+			q := "DELETE FROM " + n.Outbox() + " WHERE seq " + in + fence("?")
 			if err := exec(q, args...); err != nil {
 				return total, err
 			}
@@ -248,10 +249,9 @@ type ReadOpts struct {
 	Thin bool
 }
 
-// Read returns up to limit rows with seq > after, in seq order, narrowed by
-// o.
-func (n Names) Read(ctx context.Context, q Querier, after int64, limit int, o ReadOpts) ([]Row, error) {
-	ph := Placeholders(n.Dialect)
+// readCond is the condition, on an outbox row aliased o, that o (Slots
+// and Unparked) keeps it; "" when it keeps every row.
+func (n Names) readCond(o ReadOpts) string {
 	var cond []string
 	if o.Slots != nil {
 		cond = append(cond, strings.TrimPrefix(slotFilter("o", o.Slots), " AND "))
@@ -260,11 +260,18 @@ func (n Names) Read(ctx context.Context, q Querier, after int64, limit int, o Re
 		cond = append(cond, "NOT EXISTS (SELECT 1 FROM "+n.Dead()+" d WHERE d.parked = "+n.trueLiteral()+
 			" AND d.partition_key = o.partition_key)")
 	}
+	return strings.Join(cond, " AND ")
+}
+
+// Read returns up to limit rows with seq > after, in seq order, narrowed by
+// o.
+func (n Names) Read(ctx context.Context, q Querier, after int64, limit int, o ReadOpts) ([]Row, error) {
+	ph := Placeholders(n.Dialect)
 	tail := " ORDER BY o.seq LIMIT " + ph(2)
-	if len(cond) == 0 {
+	mine := n.readCond(o)
+	if mine == "" {
 		return n.scan(q.QueryContext(ctx, n.selectSQLAliased("o WHERE o.seq > "+ph(1)+tail), after, limit))
 	}
-	mine := strings.Join(cond, " AND ")
 	if !o.Thin {
 		return n.scan(q.QueryContext(ctx, n.selectSQLAliased("o WHERE o.seq > "+ph(1)+" AND "+mine+tail), after, limit))
 	}
@@ -290,25 +297,11 @@ func (n Names) Read(ctx context.Context, q Querier, after int64, limit int, o Re
 // that already holds many of the rows.
 func (n Names) ReadSeqs(ctx context.Context, q Querier, after int64, limit int, o ReadOpts) ([]int64, error) {
 	ph := Placeholders(n.Dialect)
-	where := "o WHERE o.seq > " + ph(1) + slotFilter("o", o.Slots)
-	if o.Unparked {
-		where += " AND NOT EXISTS (SELECT 1 FROM " + n.Dead() + " d WHERE d.parked = " + n.trueLiteral() +
-			" AND d.partition_key = o.partition_key)"
+	where := "o WHERE o.seq > " + ph(1)
+	if cond := n.readCond(o); cond != "" {
+		where += " AND " + cond
 	}
-	rs, err := q.QueryContext(ctx, "SELECT o.seq FROM "+n.Outbox()+" "+where+" ORDER BY o.seq LIMIT "+ph(2), after, limit)
-	if err != nil {
-		return nil, err
-	}
-	defer rs.Close()
-	var out []int64
-	for rs.Next() {
-		var s int64
-		if err := rs.Scan(&s); err != nil {
-			return nil, err
-		}
-		out = append(out, s)
-	}
-	return out, rs.Err()
+	return scanColumn[int64](q.QueryContext(ctx, "SELECT o.seq FROM "+n.Outbox()+" "+where+" ORDER BY o.seq LIMIT "+ph(2), after, limit))
 }
 
 // ReadSeqRows returns the rows with the given sequence numbers that still
@@ -322,11 +315,8 @@ func (n Names) ReadSeqRows(ctx context.Context, q Querier, seqs []int64) ([]Row,
 		if n.Dialect == accord.Postgres {
 			rows, err = n.scan(q.QueryContext(ctx, n.selectSQLAliased("o WHERE o.seq = ANY($1::int8[]) ORDER BY o.seq"), chunk))
 		} else {
-			args := make([]any, len(chunk))
-			for i, s := range chunk {
-				args[i] = s
-			}
-			rows, err = n.scan(q.QueryContext(ctx, n.selectSQLAliased("o WHERE o.seq IN (?"+strings.Repeat(", ?", len(chunk)-1)+") ORDER BY o.seq"), args...))
+			in, args := seqIn(chunk)
+			rows, err = n.scan(q.QueryContext(ctx, n.selectSQLAliased("o WHERE o.seq "+in+" ORDER BY o.seq"), args...))
 		}
 		if err != nil {
 			return nil, err
@@ -334,4 +324,13 @@ func (n Names) ReadSeqRows(ctx context.Context, q Querier, seqs []int64) ([]Row,
 		out = append(out, rows...)
 	}
 	return out, nil
+}
+
+// seqIn renders "IN (?, ...)" for seqs (MySQL, SQLite) and its arguments.
+func seqIn(seqs []int64) (string, []any) {
+	args := make([]any, len(seqs))
+	for i, s := range seqs {
+		args[i] = s
+	}
+	return "IN (?" + strings.Repeat(", ?", len(seqs)-1) + ")", args
 }

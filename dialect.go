@@ -146,6 +146,9 @@ func sqliteDSN(dsn string) string {
 // OpenDB opens a database/sql pool for a database URL (see
 // [ParseDatabaseURL]) and returns it with its dialect. For SQLite it limits
 // the pool to one writer connection, which is what SQLite allows anyway.
+// For PostgreSQL and MySQL it keeps up to [OpenDBMaxIdleConns] idle
+// connections: with database/sql's default of 2, a relay (reader, two
+// deleters, lease loop) closes and reopens connections under load.
 func OpenDB(url string) (*sql.DB, Dialect, error) {
 	d, dsn, err := ParseDatabaseURL(url)
 	if err != nil {
@@ -157,6 +160,12 @@ func OpenDB(url string) (*sql.DB, Dialect, error) {
 	}
 	if d == SQLite {
 		db.SetMaxOpenConns(1)
+	} else {
+		db.SetMaxIdleConns(OpenDBMaxIdleConns)
 	}
 	return db, d, nil
 }
+
+// OpenDBMaxIdleConns is the idle connection limit [OpenDB] sets on
+// PostgreSQL and MySQL pools.
+const OpenDBMaxIdleConns = 8

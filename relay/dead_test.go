@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -173,4 +174,98 @@ func TestDeadLetterParkSurvivesRestart(t *testing.T) {
 	waitFor(t, 10*time.Second, "the other key's row deleted", func() bool { return pending(t, env) == 1 })
 	require.False(t, sink2.has(bad[1]), "a parked key's row was published after a restart")
 	require.NotNil(t, r2)
+}
+
+// sweepWatch counts the sweeps a relay made while many rows were in flight
+// (the sweeps that read sequence numbers first).
+type sweepWatch struct {
+	relay.ObserverDefaults
+	r      atomic.Pointer[relay.Relay]
+	loaded atomic.Int64
+}
+
+func (w *sweepWatch) Read(_ context.Context, _ int, sweep bool, _ time.Duration) {
+	if r := w.r.Load(); r != nil && sweep && r.Stats().InFlight >= 256 {
+		w.loaded.Add(1)
+	}
+}
+
+// A parked key's later rows keep waiting, and every other key flows in
+// order, while a large backlog is in flight (sweeps then read sequence
+// numbers first and fetch only the rows not in flight).
+func TestDeadLetterParkKeyUnderBacklog(t *testing.T) {
+	t.Parallel()
+	dbtest.Dialects(t, func(t *testing.T, env dbtest.Env) {
+		ctx := context.Background()
+		ob := newOutbox(t, env)
+		var cured atomic.Bool
+		sink := newMemSink()
+		sink.setFail(func(_ string, msgs []*message.Message) error {
+			time.Sleep(2 * time.Millisecond) // a broker round trip: rows stay in flight
+			for _, m := range msgs {
+				if string(m.Payload) == "poison" && !cured.Load() {
+					return errors.New("broker rejects this payload")
+				}
+			}
+			return nil
+		})
+		const keys, perKey = 40, 60
+		want := map[string][]string{}
+		for round := 0; round < perKey; round += 10 {
+			tx, err := env.DB.Begin()
+			require.NoError(t, err)
+			var evs []outbox.Event
+			for i := round; i < round+10; i++ {
+				for k := 0; k < keys; k++ {
+					key, payload := "k-"+strconv.Itoa(k), "p"
+					if k == 0 && i == 1 {
+						payload = "poison"
+					}
+					m := outbox.NewMessage([]byte(payload))
+					want[key] = append(want[key], m.UUID)
+					evs = append(evs, outbox.Event{Topic: "t", Key: key, Message: m})
+				}
+			}
+			require.NoError(t, ob.WriteTx(ctx, tx, evs...))
+			require.NoError(t, tx.Commit())
+		}
+		watch := &sweepWatch{}
+		r := startRelay(t, env, sink, &relay.Config{Lanes: 4, BatchSize: 200, DeadLetterAfter: 2,
+			SweepInterval: 20 * time.Millisecond, Observer: watch})
+		watch.r.Store(r)
+		r.Wake()
+		waitFor(t, 60*time.Second, "every other key delivered", func() bool {
+			for k := 1; k < keys; k++ {
+				for _, id := range want["k-"+strconv.Itoa(k)] {
+					if !sink.has(id) {
+						return false
+					}
+				}
+			}
+			return r.Stats().DeadLettered == 1
+		})
+		waitFor(t, 20*time.Second, "only the parked key's rows left", func() bool { return pending(t, env) == perKey-2 })
+		for _, id := range want["k-0"][2:] {
+			require.False(t, sink.has(id), "a parked key's later row was published")
+		}
+		require.Positive(t, watch.loaded.Load(), "no sweep ran with many rows in flight: the test does not cover that read")
+
+		cured.Store(true)
+		dead, err := ob.DeadLetters(ctx, env.DB, nil)
+		require.NoError(t, err)
+		require.Len(t, dead, 1)
+		require.NoError(t, ob.RequeueDeadLetter(ctx, env.DB, dead[0].Seq))
+		r.Wake()
+		waitFor(t, 30*time.Second, "an empty outbox", func() bool { return pending(t, env) == 0 })
+		got := map[string][]string{}
+		seen := map[string]bool{}
+		for _, m := range sink.snapshot() {
+			if !seen[m.UUID] {
+				seen[m.UUID] = true
+				key := m.Metadata.Get(outbox.MetadataKey)
+				got[key] = append(got[key], m.UUID)
+			}
+		}
+		require.Equal(t, want, got, "per-key order (first arrivals), nothing lost")
+	})
 }

@@ -83,6 +83,9 @@ type Relay struct {
 	tombstones map[int64]int64
 	// readsDone is the number of the last read whose rows are in inflight.
 	readsDone int64
+	// parkedHint is set when a lane parks a key, so that the next read
+	// filters parked keys without asking the database first.
+	parkedHint bool
 
 	wake chan struct{}
 
@@ -212,9 +215,41 @@ func (r *Relay) Close() error {
 	return nil
 }
 
+// warmPool opens, before the relay reports Running, the pool connections
+// the reader and the ackers use at once, so that the first reads and
+// deletes of a backlog do not each wait for a connection to start. They go
+// back to the pool (kept if its idle limit allows; see accord.OpenDB).
+func (r *Relay) warmPool(ctx context.Context) {
+	if r.cfg.Dialect == accord.SQLite {
+		return // one connection
+	}
+	conns := make([]*sql.Conn, 0, 1+ackers(r.cfg.Dialect))
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	for range cap(conns) {
+		c, err := r.db.Conn(ctx)
+		if err != nil {
+			return // the reads report it
+		}
+		conns = append(conns, c)
+	}
+}
+
 // abandonGrace is how long Run still waits, after ShutdownTimeout, for lanes
 // to leave a Publish call before it returns without them.
 const abandonGrace = time.Second
+
+// lightSweepMin is the number of rows in flight from which a sweep reads
+// the sequence numbers first and fetches only the rows not in flight,
+// rather than reading every row in flight again with its payload.
+const lightSweepMin = 256
+
+// firstReadSize is the size of the first read after the relay caught up
+// (at most BatchSize); each full read doubles the next, up to BatchSize.
+const firstReadSize = 128
 
 // item is one row on its way to the broker.
 type item struct {
@@ -243,6 +278,7 @@ func (r *Relay) Run(ctx context.Context) error {
 	if err := r.checkTable(ctx); err != nil {
 		return err
 	}
+	r.warmPool(ctx)
 
 	// The leases outlive the reads: they are renewed until the lanes and
 	// the acker are done, then given up.
@@ -278,11 +314,14 @@ func (r *Relay) Run(ctx context.Context) error {
 			r.runLane(hardCtx, lane, in, acks)
 		}(i, lanes[i])
 	}
+	// Deletes run on two connections (one on SQLite, which has a single
+	// writer), so that a slow statement does not hold back the next.
 	ackerDone, stopAcker := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(ackerDone)
-		r.runAcker(hardCtx, acks, stopAcker)
-	}()
+	var ackersWG sync.WaitGroup
+	for range ackers(r.cfg.Dialect) {
+		ackersWG.Go(func() { r.runAcker(hardCtx, acks, stopAcker) })
+	}
+	go func() { ackersWG.Wait(); close(ackerDone) }()
 	var listenWG sync.WaitGroup
 	if r.cfg.Dialect == accord.Postgres && !r.cfg.DisableNotify {
 		listenWG.Add(1)
@@ -375,7 +414,9 @@ func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
 	var leaseGen int64
 	var lastSweep time.Time
 	var fw forward
+	var hasParked bool
 	caughtUp := true
+	readSize := min(r.cfg.BatchSize, firstReadSize)
 	dbFailures := 0
 	for ctx.Err() == nil {
 		if !r.waitCapacity(ctx) {
@@ -420,8 +461,11 @@ func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
 			// instance's rows in flight again).
 			fw.reset()
 		}
-		// Never read more new rows than MaxInFlight leaves room for.
-		room := min(r.cfg.BatchSize, r.cfg.MaxInFlight-nInflight)
+		// Never read more new rows than MaxInFlight leaves room for. After
+		// the relay caught up, reads start small and double while they
+		// come back full: the first rows of a backlog are on their way
+		// while the next, larger read runs.
+		room := min(readSize, r.cfg.MaxInFlight-nInflight)
 		sweep := caughtUp || !fw.ready() || time.Since(lastSweep) >= r.cfg.SweepInterval
 		after, limit := fw.floor-1, room
 		if fw.holes() {
@@ -436,15 +480,30 @@ func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
 		}
 		readStart := time.Now()
 		var rows []sqlstore.Row
-		hasParked, err := r.names.HasParked(ctx, r.db)
+		var err error
+		// Whether any key is parked is asked on sweeps (at least every
+		// SweepInterval, and after every lease change, since new slots
+		// start with a sweep); forward reads between them use the answer.
+		// Only this instance parks the keys of its slots, and it sets
+		// parkedHint (under mu, before a later read takes its number), so
+		// a cached "none" is never stale for a key parked here; a stale
+		// "some" only costs the filter until the next sweep.
+		if sweep {
+			hasParked, err = r.names.HasParked(ctx, r.db)
+		}
+		r.mu.Lock()
+		if r.parkedHint {
+			hasParked, r.parkedHint = true, false
+		}
+		r.mu.Unlock()
 		if err == nil {
 			opts.Unparked = hasParked
 			// Parked keys' rows come back thin (numbers only), so that the
 			// floor does not take them for holes.
 			opts.Thin = opts.Slots == nil
-			if opts.Slots != nil {
-				// Sweeps re-read this instance's rows in flight: read the
-				// numbers first, then only the rows not on their way.
+			if opts.Slots != nil || (sweep && nInflight >= lightSweepMin) {
+				// Sweeps re-read the rows in flight: read the numbers
+				// first, then only the rows not on their way.
 				rows, err = r.readSkipping(ctx, readNo, after, limit, opts)
 			} else {
 				rows, err = r.names.Read(ctx, r.db, after, limit, opts)
@@ -470,6 +529,11 @@ func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
 			lastSweep = time.Now()
 		}
 		caughtUp = len(rows) < limit
+		if caughtUp {
+			readSize = min(r.cfg.BatchSize, firstReadSize)
+		} else {
+			readSize = min(r.cfg.BatchSize, 2*readSize)
+		}
 
 		perLane := make([][]item, len(lanes))
 		r.mu.Lock()
@@ -572,7 +636,9 @@ func (r *Relay) waitWake(ctx context.Context) {
 // then the rows that are neither in flight nor deleted while this read ran
 // (the others come back as thin rows).
 func (r *Relay) readSkipping(ctx context.Context, readNo, after int64, limit int, opts sqlstore.ReadOpts) ([]sqlstore.Row, error) {
-	seqs, err := r.names.ReadSeqs(ctx, r.db, after, limit, opts)
+	// Parked keys' numbers are read too (and come back thin), so that the
+	// floor does not take them for holes.
+	seqs, err := r.names.ReadSeqs(ctx, r.db, after, limit, sqlstore.ReadOpts{Slots: opts.Slots})
 	if err != nil || len(seqs) == 0 {
 		return nil, err
 	}
@@ -588,7 +654,7 @@ func (r *Relay) readSkipping(ctx context.Context, readNo, after int64, limit int
 		want = append(want, s)
 	}
 	r.mu.Unlock()
-	full, err := r.names.ReadSeqRows(ctx, r.db, want)
+	full, err := r.names.ReadSeqRows(ctx, r.db, want, opts.Unparked)
 	if err != nil {
 		return nil, err
 	}
@@ -789,6 +855,7 @@ func (r *Relay) deadLetter(ctx context.Context, lane int, it item, parked map[st
 			r.tombstones[it.row.Seq] = r.reads
 			if park {
 				parked[it.row.Key] = r.reads
+				r.parkedHint = true
 			}
 			r.mu.Unlock()
 			r.release([]int64{it.row.Seq})
@@ -980,6 +1047,14 @@ func toMessage(row *sqlstore.Row) (*message.Message, error) {
 	msg := message.NewMessage(row.ID, row.Payload)
 	msg.Metadata = md
 	return msg, nil
+}
+
+// ackers is the number of goroutines that delete published rows.
+func ackers(d accord.Dialect) int {
+	if d == accord.SQLite {
+		return 1
+	}
+	return 2
 }
 
 // runAcker deletes published rows, many per statement, until stop is

@@ -305,18 +305,23 @@ func (n Names) ReadSeqs(ctx context.Context, q Querier, after int64, limit int, 
 }
 
 // ReadSeqRows returns the rows with the given sequence numbers that still
-// exist, in sequence order.
-func (n Names) ReadSeqRows(ctx context.Context, q Querier, seqs []int64) ([]Row, error) {
+// exist, in sequence order; with unparked, not the rows of keys parked in
+// the dead letters.
+func (n Names) ReadSeqRows(ctx context.Context, q Querier, seqs []int64, unparked bool) ([]Row, error) {
 	var out []Row
+	cond := ""
+	if unparked {
+		cond = " AND " + n.readCond(ReadOpts{Unparked: true})
+	}
 	for start := 0; start < len(seqs); start += sqliteChunk {
 		chunk := seqs[start:min(start+sqliteChunk, len(seqs))]
 		var rows []Row
 		var err error
 		if n.Dialect == accord.Postgres {
-			rows, err = n.scan(q.QueryContext(ctx, n.selectSQLAliased("o WHERE o.seq = ANY($1::int8[]) ORDER BY o.seq"), chunk))
+			rows, err = n.scan(q.QueryContext(ctx, n.selectSQLAliased("o WHERE o.seq = ANY($1::int8[])"+cond+" ORDER BY o.seq"), chunk))
 		} else {
 			in, args := seqIn(chunk)
-			rows, err = n.scan(q.QueryContext(ctx, n.selectSQLAliased("o WHERE o.seq "+in+" ORDER BY o.seq"), args...))
+			rows, err = n.scan(q.QueryContext(ctx, n.selectSQLAliased("o WHERE o.seq "+in+cond+" ORDER BY o.seq"), args...))
 		}
 		if err != nil {
 			return nil, err

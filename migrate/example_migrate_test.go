@@ -43,6 +43,7 @@ func ExampleMigrator_Migrate() {
 	// applied 005 feed
 	// applied 006 outbox_dead
 	// applied 007 relay_lease
+	// applied 008 outbox_inserted_at
 	// second run applied 0
 	// validate: <nil>
 }

@@ -175,6 +175,7 @@ var versionTables = map[int][]string{
 	5: {"feed", "feed_cursor"},
 	6: {"outbox_dead"},
 	7: {"relay_lease", "relay_instance"},
+	8: {}, // a column of the outbox, on MySQL only
 }
 
 // requireTables checks that exactly the tables of the applied versions
@@ -224,11 +225,12 @@ var (
 	v5 = versionName{5, "feed"}
 	v6 = versionName{6, "outbox_dead"}
 	v7 = versionName{7, "relay_lease"}
+	v8 = versionName{8, "outbox_inserted_at"}
 
 	// allVersions is every migration, oldest first.
-	allVersions = []versionName{v1, v2, v3, v4, v5, v6, v7}
+	allVersions = []versionName{v1, v2, v3, v4, v5, v6, v7, v8}
 	// allDown is every migration, newest first, as Down reverts them.
-	allDown = []versionName{v7, v6, v5, v4, v3, v2, v1}
+	allDown = []versionName{v8, v7, v6, v5, v4, v3, v2, v1}
 )
 
 // fileName is how errors and printed SQL name a migration.
@@ -299,7 +301,7 @@ func TestMigrator_UpListValidate(t *testing.T) {
 			require.True(t, s.AppliedAt.Before(time.Now().Add(time.Minute)), "version %d applied at %v", s.Version, s.AppliedAt)
 		}
 		require.NoError(t, m.Validate(ctx))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7, 8)
 
 		// A second Up has nothing to do.
 		res, err = m.Migrate(ctx, migrate.Up, nil)
@@ -321,12 +323,12 @@ func TestMigrator_DownAndRoundTrip(t *testing.T) {
 		res, err := m.Migrate(ctx, migrate.Down, nil)
 		require.NoError(t, err)
 		require.Equal(t, migrate.Down, res.Direction)
-		require.Equal(t, []versionName{v7}, resultVersions(res))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
-		require.Equal(t, []int{1, 2, 3, 4, 5, 6}, appliedVersions(t, m))
+		require.Equal(t, []versionName{v8}, resultVersions(res))
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
+		require.Equal(t, []int{1, 2, 3, 4, 5, 6, 7}, appliedVersions(t, m))
 		err = m.Validate(ctx)
 		require.ErrorIs(t, err, migrate.ErrNotMigrated)
-		require.ErrorContains(t, err, v7.fileName())
+		require.ErrorContains(t, err, v8.fileName())
 		for _, v := range []versionName{v1, v2, v3, v4, v5} {
 			require.NotContains(t, err.Error(), v.fileName())
 		}
@@ -334,7 +336,7 @@ func TestMigrator_DownAndRoundTrip(t *testing.T) {
 		// Up again applies only what is missing.
 		res, err = m.Migrate(ctx, migrate.Up, nil)
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v7}, resultVersions(res))
+		require.Equal(t, []versionName{v8}, resultVersions(res))
 		require.NoError(t, m.Validate(ctx))
 
 		// Down with MaxSteps -1 removes everything, version table included.
@@ -355,7 +357,7 @@ func TestMigrator_DownAndRoundTrip(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, allVersions, resultVersions(res))
 		require.NoError(t, m.Validate(ctx))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7, 8)
 	})
 }
 
@@ -370,7 +372,7 @@ func TestMigrator_DownMaxStepsAndTarget(t *testing.T) {
 		// Down to target 1 keeps 001.
 		res, err := m.Migrate(ctx, migrate.Down, &migrate.MigrateOpts{TargetVersion: 1})
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v7, v6, v5, v4, v3, v2}, resultVersions(res))
+		require.Equal(t, []versionName{v8, v7, v6, v5, v4, v3, v2}, resultVersions(res))
 		require.Equal(t, []int{1}, appliedVersions(t, m))
 		requireTables(t, fx, "accord_", 1)
 
@@ -380,14 +382,14 @@ func TestMigrator_DownMaxStepsAndTarget(t *testing.T) {
 		// MaxSteps 2 reverts the two newest.
 		res, err = m.Migrate(ctx, migrate.Down, &migrate.MigrateOpts{MaxSteps: 2})
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v7, v6}, resultVersions(res))
-		require.Equal(t, []int{1, 2, 3, 4, 5}, appliedVersions(t, m))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5)
+		require.Equal(t, []versionName{v8, v7}, resultVersions(res))
+		require.Equal(t, []int{1, 2, 3, 4, 5, 6}, appliedVersions(t, m))
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6)
 
 		// MaxSteps as large as what is left reverts the rest.
-		res, err = m.Migrate(ctx, migrate.Down, &migrate.MigrateOpts{MaxSteps: 5})
+		res, err = m.Migrate(ctx, migrate.Down, &migrate.MigrateOpts{MaxSteps: 6})
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v5, v4, v3, v2, v1}, resultVersions(res))
+		require.Equal(t, []versionName{v6, v5, v4, v3, v2, v1}, resultVersions(res))
 		requireTables(t, fx, "accord_")
 	})
 }
@@ -420,8 +422,8 @@ func TestMigrator_DryRun(t *testing.T) {
 		for i := range all {
 			require.Equal(t, all[len(all)-1-i].SQLDown, res.Versions[i].SQL)
 		}
-		require.Equal(t, []int{1, 2, 3, 4, 5, 6, 7}, appliedVersions(t, m))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
+		require.Equal(t, []int{1, 2, 3, 4, 5, 6, 7, 8}, appliedVersions(t, m))
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7, 8)
 		require.NoError(t, m.Validate(ctx))
 	})
 }
@@ -439,7 +441,7 @@ func TestMigrator_UpTargetVersionAndMaxSteps(t *testing.T) {
 		requireTables(t, fx, "accord_", 1)
 		err = m.Validate(ctx)
 		require.ErrorIs(t, err, migrate.ErrNotMigrated)
-		for _, v := range []versionName{v2, v3, v4, v5, v6, v7} {
+		for _, v := range []versionName{v2, v3, v4, v5, v6, v7, v8} {
 			require.ErrorContains(t, err, v.fileName())
 		}
 		require.NotContains(t, err.Error(), v1.fileName())
@@ -457,7 +459,7 @@ func TestMigrator_UpTargetVersionAndMaxSteps(t *testing.T) {
 
 		res, err = m.Migrate(ctx, migrate.Up, nil)
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v4, v5, v6, v7}, resultVersions(res))
+		require.Equal(t, []versionName{v4, v5, v6, v7, v8}, resultVersions(res))
 		require.NoError(t, m.Validate(ctx))
 	})
 	t.Run("MaxSteps", func(t *testing.T) {
@@ -477,7 +479,7 @@ func TestMigrator_UpTargetVersionAndMaxSteps(t *testing.T) {
 		// MaxSteps larger than what is left applies the rest.
 		res, err = m.Migrate(ctx, migrate.Up, &migrate.MigrateOpts{MaxSteps: 10})
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v5, v6, v7}, resultVersions(res))
+		require.Equal(t, []versionName{v5, v6, v7, v8}, resultVersions(res))
 		require.NoError(t, m.Validate(ctx))
 	})
 }
@@ -606,7 +608,7 @@ func TestMigrator_ConcurrentUpPostgres(t *testing.T) {
 				return
 			}
 			require.NoError(t, m.Validate(ctx))
-			requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
+			requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7, 8)
 			var rows, triggers int
 			require.NoError(t, fx.DB.QueryRowContext(ctx,
 				"SELECT count(*) FROM "+fx.table("accord_migration")).Scan(&rows))
@@ -691,7 +693,7 @@ func TestMigrator_ConcurrentMySQL(t *testing.T) {
 			if dir == "up" {
 				require.False(t, schemaExists(t, fx))
 			} else {
-				requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
+				requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7, 8)
 			}
 			require.NoError(t, lock.QueryRowContext(ctx, "SELECT RELEASE_LOCK("+mysqlLockName+")", fx.config().Schema, "accord_").Scan(&got))
 			require.Equal(t, int64(1), got.Int64, "release the migration lock")
@@ -708,7 +710,7 @@ func TestMigrator_ConcurrentMySQL(t *testing.T) {
 				return
 			}
 			require.NoError(t, m.Validate(ctx))
-			requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
+			requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7, 8)
 			var rows int
 			require.NoError(t, fx.DB.QueryRowContext(ctx,
 				"SELECT count(*) FROM "+fx.table("accord_migration")).Scan(&rows))
@@ -799,7 +801,7 @@ func TestMigrator_SQL(t *testing.T) {
 		only2, err := m.SQL(migrate.Up, 2)
 		require.NoError(t, err)
 		require.Contains(t, only2, "002_outbox (up)")
-		for _, v := range []versionName{v1, v3, v4, v5, v6, v7} {
+		for _, v := range []versionName{v1, v3, v4, v5, v6, v7, v8} {
 			require.NotContains(t, only2, v.fileName())
 		}
 
@@ -814,8 +816,8 @@ func TestMigrator_SQL(t *testing.T) {
 		_, err = fx.DB.ExecContext(ctx, up)
 		require.NoError(t, err)
 		require.NoError(t, m.Validate(ctx))
-		require.Equal(t, []int{1, 2, 3, 4, 5, 6, 7}, appliedVersions(t, m))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
+		require.Equal(t, []int{1, 2, 3, 4, 5, 6, 7, 8}, appliedVersions(t, m))
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7, 8)
 		res, err := m.Migrate(ctx, migrate.Up, nil)
 		require.NoError(t, err)
 		require.Empty(t, res.Versions)
@@ -870,7 +872,7 @@ func TestMigrator_SQLMySQLNeedsMultiStatements(t *testing.T) {
 	_, err = db.ExecContext(ctx, up)
 	require.NoError(t, err)
 	require.NoError(t, m.Validate(ctx))
-	requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
+	requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7, 8)
 
 	// A failure in a later statement of a script is reported, not lost in
 	// the multi-statement results: the version row is the last statement of
@@ -992,7 +994,7 @@ func TestMigrator_LongestTablePrefix(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, allVersions, resultVersions(res))
 		require.NoError(t, m.Validate(ctx))
-		requireTables(t, fx, prefix, 1, 2, 3, 4, 5, 6, 7)
+		requireTables(t, fx, prefix, 1, 2, 3, 4, 5, 6, 7, 8)
 
 		ob, err := outbox.New(&outbox.Config{Dialect: fx.Dialect, Schema: fx.Schema, TablePrefix: prefix})
 		require.NoError(t, err)
@@ -1032,7 +1034,7 @@ func TestMigrator_CustomTablePrefix(t *testing.T) {
 		res, err := m.Migrate(ctx, migrate.Up, nil)
 		require.NoError(t, err)
 		require.Equal(t, allVersions, resultVersions(res))
-		requireTables(t, fx, "svc_", 1, 2, 3, 4, 5, 6, 7)
+		requireTables(t, fx, "svc_", 1, 2, 3, 4, 5, 6, 7, 8)
 		requireTables(t, fx, "accord_")
 		require.NoError(t, m.Validate(ctx))
 
@@ -1057,13 +1059,13 @@ func TestMigrator_CustomTablePrefix(t *testing.T) {
 		_, err = other.Migrate(ctx, migrate.Up, nil)
 		require.NoError(t, err)
 		require.NoError(t, other.Validate(ctx))
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7, 8)
 
 		// Down with the prefix removes the prefixed tables only.
 		_, err = m.Migrate(ctx, migrate.Down, &migrate.MigrateOpts{MaxSteps: -1})
 		require.NoError(t, err)
 		requireTables(t, fx, "svc_")
-		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7)
+		requireTables(t, fx, "accord_", 1, 2, 3, 4, 5, 6, 7, 8)
 	})
 }
 
@@ -1142,7 +1144,7 @@ func TestMigrator_ApplyFailureMidMigration(t *testing.T) {
 		}
 		res, err := m.Migrate(ctx, migrate.Up, nil)
 		require.NoError(t, err)
-		require.Equal(t, []versionName{v3, v4, v5, v6, v7}, resultVersions(res))
+		require.Equal(t, []versionName{v3, v4, v5, v6, v7, v8}, resultVersions(res))
 		require.NoError(t, m.Validate(ctx))
 	})
 }

@@ -28,6 +28,8 @@ const (
 	ShutdownTimeoutDefault = 10 * time.Second
 	LeaseTTLDefault        = 10 * time.Second
 	LeaseTTLMin            = 500 * time.Millisecond
+	VisibilityDelayDefault = 50 * time.Millisecond
+	VisibilityDelayMax     = 10 * time.Second
 )
 
 // DeadLetterPolicy is what the relay does with the later rows of a key
@@ -143,6 +145,23 @@ type Config struct {
 	// publish each row twice and break order per key. Defaults to false.
 	DisableLeases bool
 
+	// VisibilityDelay (MySQL/MariaDB only) is how old a row must be, since
+	// its insert and on the database's clock (the outbox's inserted_at
+	// column, migration 008), before the relay publishes it. InnoDB can
+	// release a committing transaction's locks a moment before its commit
+	// is visible to other reads, so a writer serialized behind it by a row
+	// lock can commit a later event of the same key that the relay would
+	// otherwise see, and publish, first. Every commit that released its
+	// locks before a row was inserted is visible once the row is this old:
+	// the window lasts microseconds, or milliseconds on a loaded server.
+	// The relay reads up to the first row that is too young and reads again
+	// when it is old enough, so a backlog (old rows) is not slowed down;
+	// new events wait up to this long. 0 means VisibilityDelayDefault
+	// (50 ms) on MySQL; a negative value turns the wait off (order per key
+	// is then best effort on MySQL). At most VisibilityDelayMax. Must not
+	// be set on PostgreSQL or SQLite, which need none.
+	VisibilityDelay time.Duration
+
 	// Logger receives the relay's structured logs. Defaults to slog.Default().
 	Logger *slog.Logger
 
@@ -198,6 +217,9 @@ func (c *Config) WithDefaults() *Config {
 	if out.LeaseTTL == 0 {
 		out.LeaseTTL = LeaseTTLDefault
 	}
+	if out.VisibilityDelay == 0 && out.Dialect == accord.MySQL {
+		out.VisibilityDelay = VisibilityDelayDefault
+	}
 	if out.InstanceID == "" {
 		out.InstanceID = defaultInstanceID()
 	}
@@ -235,6 +257,12 @@ func (c *Config) validate() error {
 	}
 	if !c.DisableLeases && c.LeaseTTL < LeaseTTLMin {
 		errs = append(errs, fmt.Errorf("LeaseTTL %s: must be at least %s", c.LeaseTTL, LeaseTTLMin))
+	}
+	if c.VisibilityDelay > 0 && c.Dialect != accord.MySQL {
+		errs = append(errs, fmt.Errorf("VisibilityDelay %s: applies to %s only (%s makes commits visible in order)", c.VisibilityDelay, accord.MySQL, c.Dialect))
+	}
+	if c.VisibilityDelay > VisibilityDelayMax {
+		errs = append(errs, fmt.Errorf("VisibilityDelay %s: at most %s", c.VisibilityDelay, VisibilityDelayMax))
 	}
 	if len(c.InstanceID) > 200 {
 		errs = append(errs, fmt.Errorf("InstanceID: %d bytes, at most 200", len(c.InstanceID)))

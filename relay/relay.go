@@ -497,6 +497,7 @@ func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
 		}
 		r.mu.Unlock()
 		if err == nil {
+			opts.Settle = max(r.cfg.VisibilityDelay, 0)
 			opts.Unparked = hasParked
 			// Parked keys' rows come back thin (numbers only), so that the
 			// floor does not take them for holes.
@@ -529,6 +530,17 @@ func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
 			lastSweep = time.Now()
 		}
 		caughtUp = len(rows) < limit
+		// MySQL: rows from the first one younger than VisibilityDelay on
+		// are left for a read once it is old enough (not observed, so the
+		// floor stops there), as a commit that released its locks just
+		// before it was inserted may not be visible yet.
+		var settle time.Duration
+		for i, row := range rows {
+			if row.Settling > 0 {
+				settle, rows = row.Settling, rows[:i]
+				break
+			}
+		}
 		if caughtUp {
 			readSize = min(r.cfg.BatchSize, firstReadSize)
 		} else {
@@ -592,7 +604,10 @@ func (r *Relay) readLoop(ctx context.Context, lanes []chan []item) {
 				r.release(seqsOf(items))
 			}
 		}
-		if caughtUp {
+		switch {
+		case settle > 0:
+			r.waitWakeFor(ctx, min(settle, r.cfg.PollInterval))
+		case caughtUp:
 			r.waitWake(ctx)
 		}
 	}
@@ -622,8 +637,12 @@ func (r *Relay) waitCapacity(ctx context.Context) bool {
 	}
 }
 
-func (r *Relay) waitWake(ctx context.Context) {
-	t := time.NewTimer(r.cfg.PollInterval)
+func (r *Relay) waitWake(ctx context.Context) { r.waitWakeFor(ctx, r.cfg.PollInterval) }
+
+// waitWakeFor waits until Wake is called (or a notification arrives), d
+// passed or ctx ended.
+func (r *Relay) waitWakeFor(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-r.wake:
@@ -654,7 +673,7 @@ func (r *Relay) readSkipping(ctx context.Context, readNo, after int64, limit int
 		want = append(want, s)
 	}
 	r.mu.Unlock()
-	full, err := r.names.ReadSeqRows(ctx, r.db, want, opts.Unparked)
+	full, err := r.names.ReadSeqRows(ctx, r.db, want, opts)
 	if err != nil {
 		return nil, err
 	}

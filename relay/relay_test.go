@@ -344,6 +344,9 @@ func TestConfigValidation(t *testing.T) {
 		"negative poll":   {Dialect: accord.Postgres, PollInterval: -time.Second},
 		"backoff min>max": {Dialect: accord.Postgres, RetryBackoffMin: time.Minute, RetryBackoffMax: time.Second},
 		"short lease":     {Dialect: accord.Postgres, LeaseTTL: 100 * time.Millisecond},
+		"delay on pg":     {Dialect: accord.Postgres, VisibilityDelay: time.Millisecond},
+		"delay on sqlite": {Dialect: accord.SQLite, VisibilityDelay: time.Millisecond},
+		"long delay":      {Dialect: accord.MySQL, VisibilityDelay: relay.VisibilityDelayMax + 1},
 	} {
 		_, err := relay.New(db, newMemSink(), cfg)
 		require.ErrorIs(t, err, relay.ErrInvalidConfig, name)

@@ -51,6 +51,7 @@ type relayFlags struct {
 	leaseTTL         time.Duration
 	instanceID       string
 	disableLeases    bool
+	visibilityDelay  time.Duration
 }
 
 func (a *app) newRelayCmd() *cobra.Command {
@@ -156,6 +157,9 @@ configuration.
 	bindEnv(cmd, "instance-id", "ACCORD_INSTANCE_ID")
 	fs.BoolVar(&f.disableLeases, "disable-leases", false, "publish every row without leases (no lease tables needed); only when the deployment guarantees a single relay on the outbox")
 	bindEnv(cmd, "disable-leases", "ACCORD_DISABLE_LEASES")
+	fs.DurationVar(&f.visibilityDelay, "visibility-delay", 0, fmt.Sprintf("MySQL/MariaDB only: publish a row once it was inserted at least this long ago, so that a commit InnoDB made visible late goes out first; 0 means %s, negative turns it off",
+		relay.VisibilityDelayDefault))
+	bindEnv(cmd, "visibility-delay", "ACCORD_VISIBILITY_DELAY")
 	f.log.register(cmd)
 	cmd.RunE = func(cmd *cobra.Command, _ []string) error {
 		return a.runRelay(cmd.Context(), &f)
@@ -240,6 +244,7 @@ func (a *app) runRelay(ctx context.Context, f *relayFlags) error {
 		LeaseTTL:         f.leaseTTL,
 		InstanceID:       f.instanceID,
 		DisableLeases:    f.disableLeases,
+		VisibilityDelay:  f.visibilityDelay,
 		Logger:           logger,
 		Observer:         obs,
 	})

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/accordgo/accord"
 )
@@ -247,6 +248,20 @@ type ReadOpts struct {
 	// (Row.Thin: sequence number and shard only), so that the caller sees
 	// every number the table shows. limit counts them.
 	Thin bool
+	// Settle (MySQL only, the outbox's inserted_at column) makes every row
+	// report in Row.Settling how much longer it has to wait until it was
+	// inserted Settle ago, on the database's clock. 0: no such column read.
+	Settle time.Duration
+}
+
+// settleCol is the extra column a read with o returns ("" for none): the
+// microseconds until the row is o.Settle old.
+func (n Names) settleCol(o ReadOpts) string {
+	if o.Settle <= 0 || n.Dialect != accord.MySQL {
+		return ""
+	}
+	return ", GREATEST(0, " + strconv.FormatInt(o.Settle.Microseconds(), 10) +
+		" - TIMESTAMPDIFF(MICROSECOND, o.inserted_at, UTC_TIMESTAMP(6)))"
 }
 
 // readCond is the condition, on an outbox row aliased o, that o (Slots
@@ -269,11 +284,12 @@ func (n Names) Read(ctx context.Context, q Querier, after int64, limit int, o Re
 	ph := Placeholders(n.Dialect)
 	tail := " ORDER BY o.seq LIMIT " + ph(2)
 	mine := n.readCond(o)
+	extra := n.settleCol(o)
 	if mine == "" {
-		return n.scan(q.QueryContext(ctx, n.selectSQLAliased("o WHERE o.seq > "+ph(1)+tail), after, limit))
+		return n.scan(q.QueryContext(ctx, n.selectSQLAliased(extra, "o WHERE o.seq > "+ph(1)+tail), after, limit))
 	}
 	if !o.Thin {
-		return n.scan(q.QueryContext(ctx, n.selectSQLAliased("o WHERE o.seq > "+ph(1)+" AND "+mine+tail), after, limit))
+		return n.scan(q.QueryContext(ctx, n.selectSQLAliased(extra, "o WHERE o.seq > "+ph(1)+" AND "+mine+tail), after, limit))
 	}
 	// Thin rows: an empty topic (a real row's topic is never empty).
 	thin := func(col, empty string) string {
@@ -284,7 +300,7 @@ func (n Names) Read(ctx context.Context, q Querier, after int64, limit int, o Re
 		id, md, payload = "o.id::text", "o.metadata::text", "'\\x'::bytea"
 	}
 	cols := "o.seq, " + thin(id, "''") + ", " + thin("o.topic", "''") + ", " + thin("o.partition_key", "''") + ", o.shard, " +
-		thin("o.aggregate_version", "NULL") + ", " + thin("o.payload", payload) + ", " + thin(md, "'{}'") + ", o.created_at, o.attempts"
+		thin("o.aggregate_version", "NULL") + ", " + thin("o.payload", payload) + ", " + thin(md, "'{}'") + ", o.created_at, o.attempts" + extra
 	rows, err := n.scan(q.QueryContext(ctx, "SELECT "+cols+" FROM "+n.Outbox()+" o WHERE o.seq > "+ph(1)+tail, after, limit))
 	for i := range rows {
 		rows[i].Thin = rows[i].Topic == ""
@@ -305,23 +321,24 @@ func (n Names) ReadSeqs(ctx context.Context, q Querier, after int64, limit int, 
 }
 
 // ReadSeqRows returns the rows with the given sequence numbers that still
-// exist, in sequence order; with unparked, not the rows of keys parked in
-// the dead letters.
-func (n Names) ReadSeqRows(ctx context.Context, q Querier, seqs []int64, unparked bool) ([]Row, error) {
+// exist, in sequence order; narrowed by o.Unparked (not the rows of keys
+// parked in the dead letters), with Row.Settling by o.Settle.
+func (n Names) ReadSeqRows(ctx context.Context, q Querier, seqs []int64, o ReadOpts) ([]Row, error) {
 	var out []Row
 	cond := ""
-	if unparked {
+	if o.Unparked {
 		cond = " AND " + n.readCond(ReadOpts{Unparked: true})
 	}
+	extra := n.settleCol(o)
 	for start := 0; start < len(seqs); start += sqliteChunk {
 		chunk := seqs[start:min(start+sqliteChunk, len(seqs))]
 		var rows []Row
 		var err error
 		if n.Dialect == accord.Postgres {
-			rows, err = n.scan(q.QueryContext(ctx, n.selectSQLAliased("o WHERE o.seq = ANY($1::int8[])"+cond+" ORDER BY o.seq"), chunk))
+			rows, err = n.scan(q.QueryContext(ctx, n.selectSQLAliased(extra, "o WHERE o.seq = ANY($1::int8[])"+cond+" ORDER BY o.seq"), chunk))
 		} else {
 			in, args := seqIn(chunk)
-			rows, err = n.scan(q.QueryContext(ctx, n.selectSQLAliased("o WHERE o.seq "+in+cond+" ORDER BY o.seq"), args...))
+			rows, err = n.scan(q.QueryContext(ctx, n.selectSQLAliased(extra, "o WHERE o.seq "+in+cond+" ORDER BY o.seq"), args...))
 		}
 		if err != nil {
 			return nil, err

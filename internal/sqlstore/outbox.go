@@ -41,6 +41,9 @@ type Row struct {
 	// Thin marks a row a ReadOpts.Thin read returned only as a number (not
 	// the caller's to publish).
 	Thin bool
+	// Settling is how much longer the row has to wait before it is
+	// ReadOpts.Settle old (0 without Settle, or when it is).
+	Settling time.Duration
 }
 
 // Execer is what database/sql's *sql.DB, *sql.Tx and *sql.Conn share.
@@ -172,13 +175,24 @@ func (n Names) scan(rs *sql.Rows, err error) ([]Row, error) {
 		return nil, err
 	}
 	defer rs.Close()
+	cols, err := rs.Columns()
+	if err != nil {
+		return nil, err
+	}
 	var out []Row
+	var r Row
+	var created any
+	var settleUS int64
+	dest := []any{&r.Seq, &r.ID, &r.Topic, &r.Key, &r.Shard, &r.Version, &r.Payload, &r.Metadata, &created, &r.Attempts}
+	if len(cols) > len(dest) {
+		dest = append(dest, &settleUS) // ReadOpts.Settle
+	}
 	for rs.Next() {
-		var r Row
-		var created any
-		if err := rs.Scan(&r.Seq, &r.ID, &r.Topic, &r.Key, &r.Shard, &r.Version, &r.Payload, &r.Metadata, &created, &r.Attempts); err != nil {
+		r, created, settleUS = Row{}, nil, 0
+		if err := rs.Scan(dest...); err != nil {
 			return nil, err
 		}
+		r.Settling = time.Duration(settleUS) * time.Microsecond
 		switch c := created.(type) {
 		case time.Time:
 			r.CreatedAt = c

@@ -92,12 +92,14 @@ func (n Names) trueLiteral() string {
 	return "TRUE"
 }
 
-func (n Names) selectSQLAliased(where string) string {
+// selectSQLAliased selects the columns scan reads, and extra (", expr" or
+// ""), from the outbox aliased o.
+func (n Names) selectSQLAliased(extra, where string) string {
 	cols := "o.seq, o.id, o.topic, o.partition_key, o.shard, o.aggregate_version, o.payload, o.metadata, o.created_at, o.attempts"
 	if n.Dialect == accord.Postgres {
 		cols = "o.seq, o.id::text, o.topic, o.partition_key, o.shard, o.aggregate_version, o.payload, o.metadata::text, o.created_at, o.attempts"
 	}
-	return "SELECT " + cols + " FROM " + n.Outbox() + " " + where
+	return "SELECT " + cols + extra + " FROM " + n.Outbox() + " " + where
 }
 
 // DeadRow is a dead letter.

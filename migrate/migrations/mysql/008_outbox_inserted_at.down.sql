@@ -1,0 +1,1 @@
+ALTER TABLE {{table "outbox"}} DROP COLUMN inserted_at;

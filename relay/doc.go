@@ -41,7 +41,11 @@
 //     locks or updates the aggregate's row before writing its event, that
 //     is exactly the order the transactions wrote them. Unserialized
 //     concurrent writers of one key have no order to preserve; use
-//     Event.Version to let consumers detect it.
+//     Event.Version to let consumers detect it. On MySQL/MariaDB, where
+//     InnoDB can make a commit visible a moment after it released its
+//     locks, a row is published only once it was inserted VisibilityDelay
+//     ago (50 ms by default, on the database's clock), so the earlier
+//     writer's row is visible, and read first, by then.
 //   - Nothing silently dropped. A publish that fails (unreachable broker,
 //     unknown destination, a payload the broker rejects) is logged, counted
 //     in attempts and last_error on the row, and retried with exponential

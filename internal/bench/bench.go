@@ -113,6 +113,13 @@ type Options struct {
 	// Lanes and BatchSize configure the Accord relay; 0 means the relay's
 	// defaults.
 	Lanes, BatchSize int
+	// OpenTransaction holds a transaction open in another database of the
+	// same PostgreSQL cluster ("postgres", or "template1" when the
+	// benchmark's database is "postgres") for the whole latency phase, with
+	// a transaction id assigned, so that it holds back the cluster-wide xmin
+	// horizon: the latency figures then show what such a transaction costs
+	// delivery (a relay that waited for xmin would stall until it ends).
+	OpenTransaction bool
 	// PublishLatency is slept in every publish call of the in-process sink,
 	// for Accord and the forwarder alike, to stand for a broker round trip.
 	// Defaults to 0. It applies to the in-process destination only: a
@@ -247,6 +254,12 @@ type Result struct {
 	// be negative when the relay is faster than the writer's wake-up).
 	AfterCommitP50Ms float64 `json:"after_commit_p50_ms"`
 	AfterCommitP99Ms float64 `json:"after_commit_p99_ms"`
+	// OpenTransactionXID is the transaction id that Options.OpenTransaction
+	// held open, in another database, during the latency phase ("" without
+	// it); OpenTransactionHeldXmin reports that the benchmark's database saw
+	// its xmin horizon at or below that id while the phase ran.
+	OpenTransactionXID      string `json:"open_transaction_xid,omitempty"`
+	OpenTransactionHeldXmin bool   `json:"open_transaction_held_xmin,omitempty"`
 
 	// RelayCPUIdlePercent is the CPU time (user + system) of the whole
 	// benchmark process while only the idle relays ran, over IdleSeconds
@@ -376,6 +389,7 @@ func RunRelay(ctx context.Context, opts Options) (*Result, error) {
 		res.CommitP99Ms = ms(percentile(l.commits, 99))
 		res.AfterCommitP50Ms = ms(percentile(l.afterCommit, 50))
 		res.AfterCommitP99Ms = ms(percentile(l.afterCommit, 99))
+		res.OpenTransactionXID, res.OpenTransactionHeldXmin = l.openXID, l.heldXmin
 		lat := l.check.Latencies
 		sortInt64s(lat)
 		res.LatencyP50Ms = ms(percentile(lat, 50))

@@ -46,6 +46,32 @@ func TestRunRelayPublishLatency(t *testing.T) {
 	require.Zero(t, res.OrderViolations)
 }
 
+// With OpenTransaction the latency phase runs while a transaction in
+// another database holds the xmin horizon back, and every event still
+// arrives (a relay that waited for xmin would stall until the phase's
+// stall timeout).
+func TestRunRelayOpenTransaction(t *testing.T) {
+	dbtest.Postgres(t)
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	res, err := RunRelay(ctx, Options{
+		DatabaseURL:     dbtest.PostgresURL(),
+		Events:          100,
+		Rate:            200,
+		LatencyDuration: time.Second,
+		IdleDuration:    -1,
+		NoForwarder:     true,
+		OpenTransaction: true,
+		Progress:        t.Output(),
+	})
+	require.NoError(t, err)
+	require.NotEmpty(t, res.OpenTransactionXID)
+	require.True(t, res.OpenTransactionHeldXmin, "the open transaction did not hold back xmin")
+	require.Equal(t, 200, res.LatencyEvents)
+	requireDelivered(t, res)
+}
+
 // TestRunRelaySmall runs the whole benchmark on a small backlog and checks
 // that neither relay lost, duplicated or reordered anything. It asserts
 // nothing about timings.

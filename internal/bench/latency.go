@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/accordgo/accord"
 	"github.com/accordgo/accord/outbox"
 )
@@ -21,6 +23,8 @@ type latencyOutcome struct {
 	commits      []int64 // sorted COMMIT durations (ns) of the writers
 	afterCommit  []int64 // sorted times (ns) from COMMIT returning to arrival
 	check        check
+	openXID      string // Options.OpenTransaction: the id held open elsewhere
+	heldXmin     bool   // ... and the benchmark's database saw xmin held back
 }
 
 // latencyWriters returns the number of writer goroutines for rate events/s:
@@ -69,6 +73,18 @@ func (r *runner) latency(ctx context.Context, prefix string) (out latencyOutcome
 	}
 	// Let the relays settle (LISTEN, first empty read) before the clock runs.
 	time.Sleep(200 * time.Millisecond)
+	if r.opts.OpenTransaction {
+		release, xid, err := r.openTransactionElsewhere(ctx)
+		if err != nil {
+			return out, fmt.Errorf("accord bench: latency: %w", err)
+		}
+		defer release()
+		out.openXID = xid
+		out.heldXmin, err = r.xminAtMost(ctx, xid)
+		if err != nil {
+			return out, fmt.Errorf("accord bench: latency: %w", err)
+		}
+	}
 
 	writers := latencyWriters(rate)
 	r.logf("latency (Accord): %d events/s for %s (%d events, one per transaction, %d writers)", rate, r.opts.LatencyDuration, n, writers)
@@ -160,4 +176,44 @@ func (r *runner) latency(ctx context.Context, prefix string) (out latencyOutcome
 		ms(percentile(out.afterCommit, 50)), ms(percentile(out.afterCommit, 99)),
 		out.check.Lost, out.check.Duplicates, out.check.OrderViolations, out.check.Unexpected)
 	return out, nil
+}
+
+// openTransactionElsewhere begins a transaction in another database of the
+// cluster and assigns it a transaction id, which holds back the cluster's
+// xmin horizon until release rolls it back.
+func (r *runner) openTransactionElsewhere(ctx context.Context) (release func(), xid string, err error) {
+	cfg, err := pgx.ParseConfig(r.opts.DatabaseURL)
+	if err != nil {
+		return nil, "", err
+	}
+	other := "postgres"
+	if cfg.Database == other {
+		other = "template1"
+	}
+	cfg.Database = other
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, "", fmt.Errorf("open a transaction in database %q: %w", other, err)
+	}
+	tx, err := conn.Begin(ctx)
+	if err == nil {
+		err = tx.QueryRow(ctx, "SELECT pg_current_xact_id()::text").Scan(&xid)
+	}
+	if err != nil {
+		_ = conn.Close(ctx)
+		return nil, "", fmt.Errorf("open a transaction in database %q: %w", other, err)
+	}
+	r.logf("latency (Accord): transaction %s held open in database %q for the whole phase", xid, other)
+	return func() {
+		_ = tx.Rollback(context.WithoutCancel(ctx))
+		_ = conn.Close(context.WithoutCancel(ctx))
+	}, xid, nil
+}
+
+// xminAtMost reports whether the benchmark's database sees its xmin horizon
+// at or below xid (the open transaction holds it back).
+func (r *runner) xminAtMost(ctx context.Context, xid string) (bool, error) {
+	var held bool
+	err := r.db.QueryRowContext(ctx, "SELECT pg_snapshot_xmin(pg_current_snapshot()) <= $1::xid8", xid).Scan(&held)
+	return held, err
 }

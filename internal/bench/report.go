@@ -38,6 +38,9 @@ func (res *Result) WriteTable(w io.Writer) error {
 		row(fmt.Sprintf("latency p99 at %d/s", res.Rate), "%.2f ms", res.LatencyP99Ms)
 		row(fmt.Sprintf("latency max at %d/s", res.Rate), "%.2f ms", res.LatencyMaxMs)
 		row("achieved write rate", "%.1f events/s (%d events, %d writes late)", res.AchievedRate, res.LatencyEvents, res.LateWrites)
+		if res.OpenTransactionXID != "" {
+			row("  while a transaction was open", "xid %s in another database (xmin held back: %v)", res.OpenTransactionXID, res.OpenTransactionHeldXmin)
+		}
 		row("  of which writer COMMIT p50 / p99", "%.2f ms / %.2f ms", res.CommitP50Ms, res.CommitP99Ms)
 		row("  from COMMIT returning p50 / p99", "%.2f ms / %.2f ms", res.AfterCommitP50Ms, res.AfterCommitP99Ms)
 	} else {

@@ -47,7 +47,8 @@ database's, not a broker's.
   3. Latency: --relays relays on an empty outbox while --rate events per second
      are committed for --duration, one event per transaction; p50/p99 of the
      time from just before COMMIT to arrival at the destination (--duration 0
-     skips it).
+     skips it). --open-transaction holds a transaction open in another
+     database of the cluster meanwhile, holding back the xmin horizon.
   4. Idle: --relays relays on an empty outbox with nothing written, for
      --idle-duration once they settled; the CPU time (user + system) of the
      whole benchmark process over that window, in percent of one core
@@ -133,6 +134,7 @@ figures.
 	f.DurationVar(&opts.LatencyDuration, "duration", bench.LatencyDurationDefault, "length of the latency phase (0 skips it)")
 	f.DurationVar(&opts.IdleDuration, "idle-duration", bench.IdleDurationDefault, "length of the idle phase, which measures the CPU use of relays with nothing to do (0 skips it)")
 	f.BoolVar(&opts.NoForwarder, "no-forwarder", false, "skip the watermill forwarder phase")
+	f.BoolVar(&opts.OpenTransaction, "open-transaction", false, "hold a transaction open in another database of the cluster (postgres, or template1) during the latency phase, holding back the xmin horizon")
 	f.StringVar(&opts.Destination, "destination", bench.DestinationInProcess, "where the relays and the forwarder publish: "+bench.DestinationInProcess+", or a broker URL (nats://, amqp://, redis://) the benchmark subscribes to")
 	f.IntVar(&opts.Relays, "relays", bench.RelaysDefault, "relay instances run together in the drain, latency and idle phases (1 to "+strconv.Itoa(bench.RelaysMax)+")")
 	f.DurationVar(&opts.PublishLatency, "publish-latency", 0, "sleep this long in every publish call of the in-process destination (a broker round trip), for Accord and the forwarder alike; in-process destination only")

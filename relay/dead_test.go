@@ -269,3 +269,65 @@ func TestDeadLetterParkKeyUnderBacklog(t *testing.T) {
 		require.Equal(t, want, got, "per-key order (first arrivals), nothing lost")
 	})
 }
+
+// A parked key with more rows than a read takes does not hold back the
+// other rows: with one relay (reads from the floor, parked rows thin) and
+// while two relays share the outbox (every read a sweep of some slots,
+// parked rows left out).
+func TestDeadLetterParkKeyManyHeldRows(t *testing.T) {
+	t.Parallel()
+	for _, relays := range []int{1, 2} {
+		t.Run("relays="+strconv.Itoa(relays), func(t *testing.T) {
+			t.Parallel()
+			env := dbtest.PostgresSchema(t)
+			ob := newOutbox(t, env)
+			sink := newPoisonSink()
+			cfg := &relay.Config{BatchSize: 20, DeadLetterAfter: 2, LeaseTTL: 2 * time.Second}
+			var rs []*relay.Relay
+			for range relays {
+				rs = append(rs, startRelay(t, env, sink, cfg))
+			}
+			waitFor(t, 30*time.Second, "the relays holding their shares of the slots", func() bool {
+				sum := 0
+				for _, r := range rs {
+					if r.Leases() == 0 {
+						return false
+					}
+					sum += r.Leases()
+				}
+				return sum == relay.Slots
+			})
+			payloads := []string{"first", "poison"}
+			for i := 0; i < 150; i++ {
+				payloads = append(payloads, "held-"+strconv.Itoa(i))
+			}
+			bad := writePayloads(t, env, ob, "k-bad", payloads...)
+			var good []string
+			for k := 0; k < 30; k++ {
+				good = append(good, writePayloads(t, env, ob, "k-good-"+strconv.Itoa(k), "a", "b", "c")...)
+			}
+			for _, r := range rs {
+				r.Wake()
+			}
+			waitFor(t, 20*time.Second, "the poison row in the dead letters", func() bool {
+				n := int64(0)
+				for _, r := range rs {
+					n += r.Stats().DeadLettered
+				}
+				return n == 1
+			})
+			waitFor(t, 30*time.Second, "every other key's rows", func() bool {
+				for _, id := range good {
+					if !sink.has(id) {
+						return false
+					}
+				}
+				return true
+			})
+			require.True(t, sink.has(bad[0]))
+			for _, id := range bad[2:] {
+				require.False(t, sink.has(id), "a parked key's later row was published")
+			}
+		})
+	}
+}

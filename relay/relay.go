@@ -655,9 +655,16 @@ func (r *Relay) waitWakeFor(ctx context.Context, d time.Duration) {
 // then the rows that are neither in flight nor deleted while this read ran
 // (the others come back as thin rows).
 func (r *Relay) readSkipping(ctx context.Context, readNo, after int64, limit int, opts sqlstore.ReadOpts) ([]sqlstore.Row, error) {
-	// Parked keys' numbers are read too (and come back thin), so that the
-	// floor does not take them for holes.
-	seqs, err := r.names.ReadSeqs(ctx, r.db, after, limit, sqlstore.ReadOpts{Slots: opts.Slots})
+	// Reading all slots, parked keys' numbers are read too (and come back
+	// thin), so that the floor does not take them for holes. Reading some
+	// slots there is no floor, and every read is a sweep from the start:
+	// parked rows are left out, or a parked key with as many rows as the
+	// limit would fill every sweep and hold the slots' other rows back.
+	seqOpts := sqlstore.ReadOpts{Slots: opts.Slots}
+	if opts.Slots != nil {
+		seqOpts.Unparked = opts.Unparked
+	}
+	seqs, err := r.names.ReadSeqs(ctx, r.db, after, limit, seqOpts)
 	if err != nil || len(seqs) == 0 {
 		return nil, err
 	}

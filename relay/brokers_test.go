@@ -134,7 +134,12 @@ type pairSubscriber struct {
 
 	mu      sync.Mutex
 	cancels []context.CancelFunc
+	ended   []chan struct{}
 }
+
+// pairCloseTimeout bounds how long Close waits for the subscriptions'
+// channels to close.
+const pairCloseTimeout = 30 * time.Second
 
 func (s *pairSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
 	s.used.add(topic, s.group)
@@ -143,10 +148,33 @@ func (s *pairSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *m
 	// offsets row another subscriber of the group holds (while that one waits
 	// for a reader that is gone) only returns once its context ends.
 	ctx, cancel := context.WithCancel(ctx)
+	inner, err := s.b.Subscriber.Subscribe(ctx, topic)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	// The messages go through a channel of our own, closed once the
+	// adapter's is: Close waits for that, since watermill-sql's
+	// Subscriber.Close returns before it closes its channels (its
+	// consumers signal the wait group first), and the suite checks that
+	// the channel is closed as soon as Close returns.
+	out, ended := make(chan *message.Message), make(chan struct{})
+	go func() {
+		defer close(ended)
+		defer close(out)
+		for m := range inner {
+			select {
+			case out <- m:
+			case <-ctx.Done():
+				m.Nack()
+			}
+		}
+	}()
 	s.mu.Lock()
 	s.cancels = append(s.cancels, cancel)
+	s.ended = append(s.ended, ended)
 	s.mu.Unlock()
-	return s.b.Subscriber.Subscribe(ctx, topic)
+	return out, nil
 }
 
 func (s *pairSubscriber) SubscribeInitialize(topic string) error {
@@ -162,8 +190,18 @@ func (s *pairSubscriber) Close() error {
 	for _, cancel := range s.cancels {
 		cancel()
 	}
+	ended := s.ended
 	s.mu.Unlock()
-	return s.b.Close()
+	err := s.b.Close()
+	deadline := time.After(pairCloseTimeout)
+	for _, e := range ended {
+		select {
+		case <-e:
+		case <-deadline:
+			return errors.Join(err, fmt.Errorf("a subscription's channel was not closed %s after Close", pairCloseTimeout))
+		}
+	}
+	return err
 }
 
 // recordingPublisher records the topics the relay publishes to.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/accordgo/accord"
 	"github.com/accordgo/accord/outbox"
+	"github.com/accordgo/accord/relay"
 )
 
 // seedBatch is the number of events written per statement and transaction
@@ -111,7 +112,10 @@ func (r *runner) accordDrain(ctx context.Context, prefix string, n int) (out pha
 	out.seed = time.Since(seedStart)
 	r.logf("drain (Accord): wrote %d events in %.2f s (%.0f events/s); starting %s", out.backlog, out.seed.Seconds(), float64(out.backlog)/out.seed.Seconds(), plural(r.opts.Relays, "relay"))
 
-	rs, err := r.newRelays(ctx, prefix, d, nil)
+	// The relays say when they deleted rows, so that the end of the drain
+	// is seen when it happens, not at the next look.
+	deletes := make(chan struct{}, 1)
+	rs, err := r.newRelays(ctx, prefix, d, func(int) relay.Observer { return deleteSignal{ch: deletes} })
 	if err != nil {
 		return out, err
 	}
@@ -142,7 +146,7 @@ func (r *runner) accordDrain(ctx context.Context, prefix string, n int) (out pha
 	var balancedAt time.Time
 	var deletedAtBalance int64
 	go func() {
-		tick := time.NewTicker(time.Millisecond)
+		tick := time.NewTicker(time.Millisecond) // for balanced
 		defer tick.Stop()
 		for rs.deleted() < out.backlog {
 			if balancedAt.IsZero() && rs.balanced() {
@@ -150,6 +154,7 @@ func (r *runner) accordDrain(ctx context.Context, prefix string, n int) (out pha
 				balancedAt = time.Now()
 			}
 			select {
+			case <-deletes:
 			case <-tick.C:
 			case <-quit:
 				return
@@ -208,4 +213,19 @@ func (r *runner) accordDrain(ctx context.Context, prefix string, n int) (out pha
 		out.backlog, out.elapsed.Seconds(), float64(out.backlog)/out.elapsed.Seconds(),
 		out.check.Lost, out.check.Duplicates, out.check.OrderViolations, out.check.Unexpected)
 	return out, nil
+}
+
+// deleteSignal is a relay.Observer that signals ch (without blocking) after
+// every delete.
+type deleteSignal struct {
+	relay.ObserverDefaults
+	ch chan struct{}
+}
+
+// Deleted signals.
+func (s deleteSignal) Deleted(context.Context, int, time.Duration) {
+	select {
+	case s.ch <- struct{}{}:
+	default:
+	}
 }

@@ -35,7 +35,10 @@ import (
 // published but not yet deleted at the kill) stay within MaxInFlight.
 func TestKillDashNine(t *testing.T) {
 	t.Parallel()
-	env := dbtest.PostgresSchema(t)
+	processDialects(t, testKillDashNine)
+}
+
+func testKillDashNine(t *testing.T, env dbtest.Env) {
 	ob := newOutbox(t, env)
 	ctx := context.Background()
 	keys := crashKeys(50)
@@ -48,7 +51,7 @@ func TestKillDashNine(t *testing.T) {
 	seeded := len(sent)
 
 	spec := relayChildSpec{
-		Schema: env.Schema, Sink: filepath.Join(t.TempDir(), "sink.log"),
+		Dialect: env.Dialect, URL: env.URL, Schema: env.Schema, Sink: filepath.Join(t.TempDir(), "sink.log"),
 		BatchSize: 500, Lanes: 16, MaxInFlight: 2000, ShutdownTimeout: 10 * time.Second,
 		PerMessageDelay: 50 * time.Microsecond,
 		// The second relay takes over the killed one's leases when they
@@ -144,7 +147,10 @@ func TestKillDashNine(t *testing.T) {
 // rest without a single duplicate.
 func TestGracefulShutdownSIGTERM(t *testing.T) {
 	t.Parallel()
-	env := dbtest.PostgresSchema(t)
+	processDialects(t, testGracefulShutdownSIGTERM)
+}
+
+func testGracefulShutdownSIGTERM(t *testing.T, env dbtest.Env) {
 	ob := newOutbox(t, env)
 	ctx := context.Background()
 	keys := crashKeys(50)
@@ -156,7 +162,7 @@ func TestGracefulShutdownSIGTERM(t *testing.T) {
 	}
 
 	spec := relayChildSpec{
-		Schema: env.Schema, Sink: filepath.Join(t.TempDir(), "sink.log"),
+		Dialect: env.Dialect, URL: env.URL, Schema: env.Schema, Sink: filepath.Join(t.TempDir(), "sink.log"),
 		BatchSize: 500, Lanes: 16, MaxInFlight: 2000, ShutdownTimeout: 10 * time.Second,
 		// A broker that takes 200 µs per message: the backlog takes several
 		// seconds, the at most 2,000 rows in flight at SIGTERM about one.
@@ -326,7 +332,11 @@ func distinctIDs(rs []keyedReceipt) int {
 
 func outboxIDs(t *testing.T, env dbtest.Env) []string {
 	t.Helper()
-	rows, err := env.DB.Query("SELECT id::text FROM " + table(env, "outbox"))
+	id := "id" // CHAR(36) on MySQL
+	if env.Dialect == accord.Postgres {
+		id = "id::text"
+	}
+	rows, err := env.DB.Query("SELECT " + id + " FROM " + table(env, "outbox"))
 	require.NoError(t, err)
 	defer rows.Close()
 	var ids []string
@@ -341,6 +351,11 @@ func outboxIDs(t *testing.T, env dbtest.Env) []string {
 
 // relayChildSpec configures a relay process (see TestMain).
 type relayChildSpec struct {
+	// Dialect and URL of the database (zero: PostgreSQL at
+	// dbtest.PostgresURL()); Schema is the PostgreSQL schema or the MySQL
+	// database of the outbox.
+	Dialect         accord.Dialect
+	URL             string
 	Schema          string
 	Sink            string // file the child's broker appends to
 	BatchSize       int
@@ -356,6 +371,20 @@ type relayChildSpec struct {
 	InstanceID string
 }
 
+// processDialects runs f as a parallel subtest on PostgreSQL and on
+// MySQL/MariaDB, the dialects whose relays run as several processes (an
+// SQLite database has one writer process).
+func processDialects(t *testing.T, f func(t *testing.T, env dbtest.Env)) {
+	t.Run("postgres", func(t *testing.T) {
+		t.Parallel()
+		f(t, dbtest.PostgresSchema(t))
+	})
+	t.Run("mysql", func(t *testing.T) {
+		t.Parallel()
+		f(t, dbtest.MySQLSchema(t))
+	})
+}
+
 // runRelayChild is the main function of a relay process: it relays the
 // outbox in spec.Schema into a fileSink until SIGTERM or SIGINT, and returns
 // the exit code.
@@ -366,7 +395,10 @@ func runRelayChild(specJSON string) int {
 		return 2
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	db, _, err := accord.OpenDB(dbtest.PostgresURL())
+	if spec.Dialect == "" {
+		spec.Dialect, spec.URL = accord.Postgres, dbtest.PostgresURL()
+	}
+	db, _, err := accord.OpenDB(spec.URL)
 	if err != nil {
 		logger.Error("relay child: open database", "error", err)
 		return 2
@@ -379,7 +411,7 @@ func runRelayChild(specJSON string) int {
 	}
 	defer sink.Close()
 	r, err := relay.New(db, sink, &relay.Config{
-		Dialect: accord.Postgres, Schema: spec.Schema, BatchSize: spec.BatchSize, Lanes: spec.Lanes,
+		Dialect: spec.Dialect, Schema: spec.Schema, BatchSize: spec.BatchSize, Lanes: spec.Lanes,
 		MaxInFlight: spec.MaxInFlight, ShutdownTimeout: spec.ShutdownTimeout, Logger: logger,
 		LeaseTTL: spec.LeaseTTL, InstanceID: spec.InstanceID,
 	})

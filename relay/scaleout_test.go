@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/accordgo/accord"
 	"github.com/accordgo/accord/internal/dbtest"
 	"github.com/accordgo/accord/internal/testproc"
 	"github.com/accordgo/accord/outbox"
@@ -29,7 +30,11 @@ const scaleLeaseTTL = 2 * time.Second
 // order, and every duplicate is an event the killed process had published.
 func TestScaleOutKillOneOfThree(t *testing.T) {
 	t.Parallel()
-	env, spec, w := startScaleOut(t)
+	processDialects(t, testScaleOutKillOneOfThree)
+}
+
+func testScaleOutKillOneOfThree(t *testing.T, env dbtest.Env) {
+	spec, w := startScaleOut(t, env)
 	children := map[string]*testproc.Child{}
 	for _, name := range []string{"A", "B", "C"} {
 		s := spec
@@ -92,7 +97,11 @@ func TestScaleOutKillOneOfThree(t *testing.T) {
 // is lost and each key's events first arrive in order.
 func TestScaleOutPausedRelayIsFenced(t *testing.T) {
 	t.Parallel()
-	env, spec, w := startScaleOut(t)
+	processDialects(t, testScaleOutPausedRelayIsFenced)
+}
+
+func testScaleOutPausedRelayIsFenced(t *testing.T, env dbtest.Env) {
+	spec, w := startScaleOut(t, env)
 	a, b := spec, spec
 	a.InstanceID, b.InstanceID = "A", "B"
 	childA, childB := startRelayChild(t, a), startRelayChild(t, b)
@@ -145,17 +154,16 @@ func TestScaleOutPausedRelayIsFenced(t *testing.T) {
 	require.Zero(t, pending(t, env))
 }
 
-// startScaleOut creates an outbox, starts paced writers on it and returns
-// the relay process spec the scale-out tests share (without InstanceID).
-func startScaleOut(t *testing.T) (dbtest.Env, relayChildSpec, *keyedWriters) {
+// startScaleOut starts paced writers on env's outbox and returns the relay
+// process spec the scale-out tests share (without InstanceID).
+func startScaleOut(t *testing.T, env dbtest.Env) (relayChildSpec, *keyedWriters) {
 	t.Helper()
-	env := dbtest.PostgresSchema(t)
 	spec := relayChildSpec{
-		Schema: env.Schema, Sink: filepath.Join(t.TempDir(), "sink.log"),
+		Dialect: env.Dialect, URL: env.URL, Schema: env.Schema, Sink: filepath.Join(t.TempDir(), "sink.log"),
 		BatchSize: 200, Lanes: 8, MaxInFlight: 800, ShutdownTimeout: 10 * time.Second,
 		PerMessageDelay: 100 * time.Microsecond, LeaseTTL: scaleLeaseTTL,
 	}
-	return env, spec, startKeyedWriters(t, env, newOutbox(t, env), crashKeys(60), 6)
+	return spec, startKeyedWriters(t, env, newOutbox(t, env), crashKeys(60), 6)
 }
 
 // checkFencing checks the fencing tokens in the order the destination
@@ -203,8 +211,12 @@ func leaseSlot(t *testing.T, s string) int {
 // suffix), the number of unexpired leases it holds.
 func leaseOwners(t *testing.T, env dbtest.Env) map[string]int {
 	t.Helper()
+	now := "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+	if env.Dialect == accord.MySQL {
+		now = "CAST(UNIX_TIMESTAMP(NOW(6)) * 1000 AS SIGNED)"
+	}
 	rows, err := env.DB.Query(`SELECT owner, count(*) FROM ` + table(env, "relay_lease") +
-		` WHERE owner <> '' AND expires_at_ms > (extract(epoch from clock_timestamp()) * 1000)::bigint GROUP BY owner`)
+		` WHERE owner <> '' AND expires_at_ms > ` + now + ` GROUP BY owner`)
 	require.NoError(t, err)
 	defer rows.Close()
 	out := map[string]int{}
@@ -221,7 +233,7 @@ func leaseOwners(t *testing.T, env dbtest.Env) map[string]int {
 
 func leaseSlotsOf(t *testing.T, env dbtest.Env, name string) map[int]bool {
 	t.Helper()
-	rows, err := env.DB.Query(`SELECT slot FROM `+table(env, "relay_lease")+` WHERE owner LIKE $1`, name+"-%")
+	rows, err := env.DB.Query(`SELECT slot FROM ` + table(env, "relay_lease") + ` WHERE owner LIKE '` + name + `-%'`)
 	require.NoError(t, err)
 	defer rows.Close()
 	out := map[int]bool{}

@@ -654,45 +654,49 @@ func (r *Relay) waitWakeFor(ctx context.Context, d time.Duration) {
 // readSkipping reads like Read, in two statements: the sequence numbers,
 // then the rows that are neither in flight nor deleted while this read ran
 // (the others come back as thin rows).
+//
+// Whether a row's key is parked is decided by the first statement alone:
+// reading all slots (opts.Thin), parked keys' numbers come back marked thin,
+// so that the floor does not take them for holes; reading some slots, they
+// are left out (there is no floor, and a parked key with as many rows as the
+// limit would otherwise fill every sweep). Either way the second statement
+// fetches no row of a key that was parked at the first: had a dead letter
+// been requeued in between, its key's later rows would otherwise go out
+// before it (it is back under its old number, which the first statement did
+// not return).
 func (r *Relay) readSkipping(ctx context.Context, readNo, after int64, limit int, opts sqlstore.ReadOpts) ([]sqlstore.Row, error) {
-	// Reading all slots, parked keys' numbers are read too (and come back
-	// thin), so that the floor does not take them for holes. Reading some
-	// slots there is no floor, and every read is a sweep from the start:
-	// parked rows are left out, or a parked key with as many rows as the
-	// limit would fill every sweep and hold the slots' other rows back.
-	seqOpts := sqlstore.ReadOpts{Slots: opts.Slots}
-	if opts.Slots != nil {
-		seqOpts.Unparked = opts.Unparked
-	}
-	seqs, err := r.names.ReadSeqs(ctx, r.db, after, limit, seqOpts)
-	if err != nil || len(seqs) == 0 {
+	marks, err := r.names.ReadSeqs(ctx, r.db, after, limit, opts)
+	if err != nil || len(marks) == 0 {
 		return nil, err
 	}
 	var want []int64
 	r.mu.Lock()
-	for _, s := range seqs {
-		if _, busy := r.inflight[s]; busy {
+	for _, m := range marks {
+		if m.Thin {
 			continue
 		}
-		if at, gone := r.tombstones[s]; gone && at >= readNo {
+		if _, busy := r.inflight[m.Seq]; busy {
 			continue
 		}
-		want = append(want, s)
+		if at, gone := r.tombstones[m.Seq]; gone && at >= readNo {
+			continue
+		}
+		want = append(want, m.Seq)
 	}
 	r.mu.Unlock()
 	full, err := r.names.ReadSeqRows(ctx, r.db, want, opts)
 	if err != nil {
 		return nil, err
 	}
-	rows := make([]sqlstore.Row, 0, len(seqs))
+	rows := make([]sqlstore.Row, 0, len(marks))
 	j := 0
-	for _, s := range seqs {
-		if j < len(full) && full[j].Seq == s {
+	for _, m := range marks {
+		if j < len(full) && full[j].Seq == m.Seq {
 			rows = append(rows, full[j])
 			j++
 			continue
 		}
-		rows = append(rows, sqlstore.Row{Seq: s, Thin: true})
+		rows = append(rows, sqlstore.Row{Seq: m.Seq, Thin: true})
 	}
 	return rows, nil
 }

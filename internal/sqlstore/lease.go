@@ -308,37 +308,54 @@ func (n Names) Read(ctx context.Context, q Querier, after int64, limit int, o Re
 	return rows, err
 }
 
-// ReadSeqs returns up to limit sequence numbers greater than after, in
-// order, narrowed by o (Thin is ignored): a light first step for a reader
-// that already holds many of the rows.
-func (n Names) ReadSeqs(ctx context.Context, q Querier, after int64, limit int, o ReadOpts) ([]int64, error) {
+// ReadSeqs returns up to limit rows with seq > after, in seq order, as
+// thin rows (sequence numbers only), narrowed by o like Read: a light first
+// step for a reader that already holds many of the rows. With o.Thin, the
+// rows o leaves out come back too, marked Row.Thin; the others have Thin
+// false (fetch them with ReadSeqRows).
+func (n Names) ReadSeqs(ctx context.Context, q Querier, after int64, limit int, o ReadOpts) ([]Row, error) {
 	ph := Placeholders(n.Dialect)
-	where := "o WHERE o.seq > " + ph(1)
-	if cond := n.readCond(o); cond != "" {
+	cond := n.readCond(o)
+	left, where := "0", "o WHERE o.seq > "+ph(1)
+	switch {
+	case cond != "" && o.Thin:
+		left = "CASE WHEN " + cond + " THEN 0 ELSE 1 END"
+	case cond != "":
 		where += " AND " + cond
 	}
-	return scanColumn[int64](q.QueryContext(ctx, "SELECT o.seq FROM "+n.Outbox()+" "+where+" ORDER BY o.seq LIMIT "+ph(2), after, limit))
+	rs, err := q.QueryContext(ctx, "SELECT o.seq, "+left+" FROM "+n.Outbox()+" "+where+" ORDER BY o.seq LIMIT "+ph(2), after, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	var out []Row
+	for rs.Next() {
+		var r Row
+		var thin int
+		if err := rs.Scan(&r.Seq, &thin); err != nil {
+			return nil, err
+		}
+		r.Thin = thin != 0
+		out = append(out, r)
+	}
+	return out, rs.Err()
 }
 
 // ReadSeqRows returns the rows with the given sequence numbers that still
-// exist, in sequence order; narrowed by o.Unparked (not the rows of keys
-// parked in the dead letters), with Row.Settling by o.Settle.
+// exist, in sequence order, with Row.Settling by o.Settle (o's other fields
+// are ignored: the caller chose the numbers with ReadSeqs).
 func (n Names) ReadSeqRows(ctx context.Context, q Querier, seqs []int64, o ReadOpts) ([]Row, error) {
 	var out []Row
-	cond := ""
-	if o.Unparked {
-		cond = " AND " + n.readCond(ReadOpts{Unparked: true})
-	}
 	extra := n.settleCol(o)
 	for start := 0; start < len(seqs); start += sqliteChunk {
 		chunk := seqs[start:min(start+sqliteChunk, len(seqs))]
 		var rows []Row
 		var err error
 		if n.Dialect == accord.Postgres {
-			rows, err = n.scan(q.QueryContext(ctx, n.selectSQLAliased(extra, "o WHERE o.seq = ANY($1::int8[])"+cond+" ORDER BY o.seq"), chunk))
+			rows, err = n.scan(q.QueryContext(ctx, n.selectSQLAliased(extra, "o WHERE o.seq = ANY($1::int8[]) ORDER BY o.seq"), chunk))
 		} else {
 			in, args := seqIn(chunk)
-			rows, err = n.scan(q.QueryContext(ctx, n.selectSQLAliased(extra, "o WHERE o.seq "+in+cond+" ORDER BY o.seq"), args...))
+			rows, err = n.scan(q.QueryContext(ctx, n.selectSQLAliased(extra, "o WHERE o.seq "+in+" ORDER BY o.seq"), args...))
 		}
 		if err != nil {
 			return nil, err

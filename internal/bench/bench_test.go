@@ -25,25 +25,16 @@ import (
 // With an injected publish latency every publish call of the destination
 // sleeps, and delivery still verifies.
 func TestRunRelayPublishLatency(t *testing.T) {
-	dbtest.Postgres(t)
-	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	res, err := RunRelay(ctx, Options{
-		DatabaseURL:     dbtest.PostgresURL(),
+	res := runLocal(t, Options{
 		Events:          1000,
 		LatencyDuration: -1,
 		IdleDuration:    -1,
 		NoForwarder:     true,
 		PublishLatency:  time.Millisecond,
-		Progress:        t.Output(),
 	})
-	require.NoError(t, err)
 	require.EqualValues(t, 1000, res.Backlog)
 	require.Equal(t, 1.0, res.PublishLatencyMS)
-	require.Zero(t, res.Lost)
-	require.Zero(t, res.Duplicates)
-	require.Zero(t, res.OrderViolations)
+	requireDelivered(t, res)
 }
 
 // With OpenTransaction the latency phase runs while a transaction in
@@ -51,21 +42,14 @@ func TestRunRelayPublishLatency(t *testing.T) {
 // arrives (a relay that waited for xmin would stall until the phase's
 // stall timeout).
 func TestRunRelayOpenTransaction(t *testing.T) {
-	dbtest.Postgres(t)
-	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	res, err := RunRelay(ctx, Options{
-		DatabaseURL:     dbtest.PostgresURL(),
+	res := runLocal(t, Options{
 		Events:          100,
 		Rate:            200,
 		LatencyDuration: time.Second,
 		IdleDuration:    -1,
 		NoForwarder:     true,
 		OpenTransaction: true,
-		Progress:        t.Output(),
 	})
-	require.NoError(t, err)
 	require.NotEmpty(t, res.OpenTransactionXID)
 	require.True(t, res.OpenTransactionHeldXmin, "the open transaction did not hold back xmin")
 	require.Equal(t, 200, res.LatencyEvents)
@@ -76,19 +60,12 @@ func TestRunRelayOpenTransaction(t *testing.T) {
 // that neither relay lost, duplicated or reordered anything. It asserts
 // nothing about timings.
 func TestRunRelaySmall(t *testing.T) {
-	dbtest.Postgres(t) // fails with instructions when PostgreSQL is not reachable
-	t.Parallel()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	res, err := RunRelay(ctx, Options{
-		DatabaseURL:     dbtest.PostgresURL(),
+	res := runLocal(t, Options{
 		Events:          2000,
 		Rate:            200,
 		LatencyDuration: 2 * time.Second,
 		IdleDuration:    500 * time.Millisecond,
-		Progress:        t.Output(),
 	})
-	require.NoError(t, err)
 
 	require.EqualValues(t, 2000, res.Backlog)
 	require.Equal(t, 400, res.LatencyEvents)
@@ -469,6 +446,21 @@ func BenchmarkRelayDrain(b *testing.B) {
 
 // requireDelivered checks that the Accord relay lost, duplicated and
 // reordered nothing, and that nothing unexpected arrived.
+// runLocal runs the benchmark with opts against the local test PostgreSQL
+// (in parallel with other tests), progress to the test's output, and
+// requires it to succeed within 3 minutes.
+func runLocal(t *testing.T, opts Options) *Result {
+	t.Helper()
+	dbtest.Postgres(t) // fails with instructions when PostgreSQL is not reachable
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	opts.DatabaseURL, opts.Progress = dbtest.PostgresURL(), t.Output()
+	res, err := RunRelay(ctx, opts)
+	require.NoError(t, err)
+	return res
+}
+
 func requireDelivered(t *testing.T, res *Result) {
 	t.Helper()
 	require.Zero(t, res.Lost, "Accord lost events")

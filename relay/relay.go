@@ -399,6 +399,14 @@ func (r *Relay) checkTable(ctx context.Context) error {
 				return fmt.Errorf("%w: %s; run `accord migrate up` with the same schema and table prefix", ErrNotMigrated, r.names.Table(t))
 			}
 		}
+		if err == nil && r.cfg.VisibilityDelay > 0 {
+			// MySQL: the visibility delay reads the column migration 008 adds.
+			var exists bool
+			if exists, err = sqlstore.ColumnExists(ctx, r.db, r.names, "outbox", "inserted_at"); err == nil && !exists {
+				return fmt.Errorf("%w: %s has no inserted_at column (migration 008), which VisibilityDelay needs; run `accord migrate up` with the same schema and table prefix",
+					ErrNotMigrated, r.names.Table("outbox"))
+			}
+		}
 		if err == nil {
 			return nil
 		}

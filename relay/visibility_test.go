@@ -82,3 +82,24 @@ func TestVisibilityDelayDefaults(t *testing.T) {
 	require.Zero(t, (&relay.Config{Dialect: accord.Postgres}).WithDefaults().VisibilityDelay)
 	require.Zero(t, (&relay.Config{Dialect: accord.SQLite}).WithDefaults().VisibilityDelay)
 }
+
+// On an outbox migrated before version 008 (no inserted_at column), a MySQL
+// relay with the visibility delay does not start: ErrNotMigrated names the
+// missing column; with the delay off it runs.
+func TestVisibilityDelayNeedsMigration(t *testing.T) {
+	t.Parallel()
+	env := dbtest.MySQLSchema(t)
+	_, err := env.DB.Exec("ALTER TABLE " + table(env, "outbox") + " DROP COLUMN inserted_at")
+	require.NoError(t, err)
+	r, err := relay.New(env.DB, newMemSink(), &relay.Config{Dialect: accord.MySQL, Schema: env.Schema, Logger: discardLogger()})
+	require.NoError(t, err)
+	err = r.Run(context.Background())
+	require.ErrorIs(t, err, relay.ErrNotMigrated)
+	require.ErrorContains(t, err, "inserted_at")
+	require.ErrorContains(t, err, "accord migrate up")
+
+	sink := newMemSink()
+	startRelay(t, env, sink, &relay.Config{VisibilityDelay: -1})
+	ids := writeEvents(t, env, newOutbox(t, env), "t", "k", 3)
+	waitFor(t, 20*time.Second, "delivery with the delay off", func() bool { return sink.has(ids[2]) })
+}

@@ -49,3 +49,19 @@ func TableExists(ctx context.Context, db RowQuerier, n Names, suffix string) (bo
 	}
 	return count > 0, nil
 }
+
+// ColumnExists reports whether the table with suffix has column (MySQL
+// only: the other dialects report true).
+func ColumnExists(ctx context.Context, db RowQuerier, n Names, suffix, column string) (bool, error) {
+	if n.Dialect != accord.MySQL {
+		return true, nil
+	}
+	var count int
+	err := db.QueryRowContext(ctx, `SELECT count(*) FROM information_schema.columns
+		WHERE table_name = ? AND column_name = ? AND table_schema = COALESCE(NULLIF(?, ''), DATABASE())`,
+		n.Prefix+suffix, column, n.Schema).Scan(&count)
+	if err != nil {
+		return false, fmt.Errorf("look up column %s.%s: %w", n.Table(suffix), column, err)
+	}
+	return count > 0, nil
+}

@@ -58,3 +58,18 @@ func Example() {
 	}
 	// Output: {"id":1} order-1 1
 }
+
+// On MySQL/MariaDB the relay publishes a row only once it was inserted
+// VisibilityDelay ago (50 ms unless set; -1 turns it off), so that a commit
+// InnoDB makes visible late cannot be overtaken by a later event of its key.
+// PostgreSQL and SQLite need no delay.
+func ExampleConfig_visibilityDelay() {
+	for _, d := range []accord.Dialect{accord.MySQL, accord.Postgres, accord.SQLite} {
+		cfg := (&relay.Config{Dialect: d}).WithDefaults()
+		fmt.Printf("%s: %s\n", d, cfg.VisibilityDelay)
+	}
+	// Output:
+	// mysql: 50ms
+	// postgres: 0s
+	// sqlite: 0s
+}

@@ -103,6 +103,19 @@ func runCLI(t *testing.T, env map[string]string, args ...string) result {
 	return res
 }
 
+// stopRelay cancels a running `accord relay` (cancel ends its context) and
+// requires it to exit 0 within testTimeout; done receives its exit code.
+func stopRelay(t *testing.T, cancel context.CancelFunc, done <-chan int, stderr *syncBuffer) {
+	t.Helper()
+	cancel()
+	select {
+	case code := <-done:
+		require.Equal(t, exitOK, code, "stderr:\n%s", stderr.String())
+	case <-time.After(testTimeout):
+		require.FailNow(t, "relay did not stop after its context was cancelled", "stderr:\n%s", stderr.String())
+	}
+}
+
 func testApp(stdout, stderr *syncBuffer, env map[string]string) *app {
 	return &app{stdout: stdout, stderr: stderr, lookupEnv: func(k string) (string, bool) {
 		v, ok := env[k]
@@ -444,13 +457,7 @@ func TestRelay(t *testing.T) {
 		require.Equal(t, "OrderPlaced", line.Metadata["event_type"])
 		require.Equal(t, "order-42", line.Metadata[outbox.MetadataKey])
 
-		cancel()
-		select {
-		case code := <-done:
-			require.Equal(t, exitOK, code, "stderr:\n%s", stderr.String())
-		case <-time.After(testTimeout):
-			require.FailNow(t, "relay did not stop after its context was cancelled", "stderr:\n%s", stderr.String())
-		}
+		stopRelay(t, cancel, done, stderr)
 
 		// Exactly one line, and the published row is gone.
 		require.Equal(t, 1, strings.Count(stdout.String(), "\n"), stdout.String())
@@ -562,13 +569,7 @@ func TestRelayHTTP(t *testing.T) {
 		require.True(t, strings.Contains(metrics, want), "/metrics lacks %q", want)
 	}
 
-	cancel()
-	select {
-	case code := <-done:
-		require.Equal(t, exitOK, code, "stderr:\n%s", stderr.String())
-	case <-time.After(testTimeout):
-		require.FailNow(t, "relay did not stop after its context was cancelled", "stderr:\n%s", stderr.String())
-	}
+	stopRelay(t, cancel, done, stderr)
 	// The server stopped with the relay.
 	_, err = http.Get(base + "/healthz")
 	require.Error(t, err)

@@ -40,13 +40,7 @@ func runRelayUntilStarted(t *testing.T, env map[string]string, args ...string) [
 	args = append([]string{"relay", "--log-format", "json", "--http-addr", "off"}, args...)
 	go func() { done <- testApp(stdout, stderr, env).run(runCtx, args) }()
 	stderr.waitFor(t, `"msg":"relay started"`, stdout)
-	cancel()
-	select {
-	case code := <-done:
-		require.Equal(t, exitOK, code, "stderr:\n%s", stderr.String())
-	case <-time.After(testTimeout):
-		require.FailNow(t, "relay did not stop after its context was cancelled", "stderr:\n%s", stderr.String())
-	}
+	stopRelay(t, cancel, done, stderr)
 	var lines []map[string]any
 	for _, l := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
 		var m map[string]any
